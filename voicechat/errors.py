@@ -17,7 +17,7 @@ class AudioError(VoicechatError):
     """An audio file or device cannot be used."""
 
 
-class IndexError_(VoicechatError):
+class KnowledgeIndexError(VoicechatError):
     """The knowledge index is missing, stale or corrupt."""
 
 

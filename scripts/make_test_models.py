@@ -1,0 +1,29 @@
+"""Write randomly initialised models in the real on-disk formats, plus DIR/config.yaml.
+
+    python scripts/make_test_models.py --size tiny --out test-models
+    voicechat --config test-models/config.yaml doctor
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", metavar="MODEL", help="write only these models")
+    args = parser.parse_args()
+    from voicechat.testing.generator import generate
+
+    path = generate(args.out, args.size, args.seed, args.only, progress=lambda m: print(m, file=sys.stderr))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from voicechat.cli import entry_point
+
+entry_point()

@@ -1,0 +1,116 @@
+"""The `voicechat` command: parse arguments, load the config, hand over to one command module.
+
+Each subcommand lives in voicechat/commands/<name>.py with HELP, add_arguments(parser) and
+run(args, config) -> exit code. Command modules import heavy libraries inside run(), so that
+`voicechat --help` and argument errors stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from voicechat import __version__
+from voicechat.errors import VoicechatError
+
+# name -> module under voicechat.commands; order is the order shown in --help
+COMMANDS: dict[str, str] = {
+    "doctor": "doctor",
+    "models": "models",
+    "devices": "devices",
+}
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("voicechat")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voicechat",
+        description="Talk with your documents: a hands-free voice assistant for GLM-4-Voice "
+        "with speech retrieval over a local knowledge folder. Without a command it starts the "
+        "conversation screen.",
+    )
+    parser.add_argument("--version", action="version", version=f"voicechat {__version__}")
+    _add_global_flags(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = _command_module(module_name)
+        sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
+        _add_global_flags(sub, suppress_defaults=True)
+        module.add_arguments(sub)
+    return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
+    """Global flags work before or after the command name."""
+    default = argparse.SUPPRESS if suppress_defaults else None
+    group = parser.add_argument_group("global options")
+    group.add_argument("--config", type=Path, metavar="PATH", default=default,
+                       help="config file (default: ./config.yaml, else the user config folder)")
+    group.add_argument("--knowledge", metavar="DIR", default=default,
+                       help="knowledge folder whose index is used (default: from config)")
+    group.add_argument("--voice", metavar="NAME", default=default, help="voice style preset")
+    group.add_argument("--rag", choices=["e2e", "asr", "off"], default=default,
+                       help="retrieval mode: SONAR speech embedding, ASR transcript, or none")
+    group.add_argument("--two-round", choices=["off", "rewrite", "fallback"], default=default,
+                       help="two-round retrieval mode")
+    group.add_argument("--offline", action="store_true", default=default,
+                       help="never contact a model hub; use local and cached models only")
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       default=default, help="log verbosity; debug also shows tracebacks")
+
+
+def _command_module(name: str) -> Any:
+    return importlib.import_module(f"voicechat.commands.{name}")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line flags as dotted config keys."""
+    flags = {
+        "knowledge": "retrieval.knowledge_dir",
+        "voice": "voice",
+        "rag": "retrieval.rag",
+        "two_round": "retrieval.two_round",
+    }
+    overrides = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None)}
+    if getattr(args, "offline", None):
+        overrides["offline"] = True
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (getattr(args, "log_level", None) or "warning").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    debug = level == "DEBUG"
+    try:
+        from voicechat.config import load_config
+
+        config = load_config(getattr(args, "config", None), config_overrides(args))
+        if args.command is None and "chat" not in COMMANDS:
+            parser.print_help()
+            return 0
+        module = _command_module(COMMANDS[args.command or "chat"])
+        return int(module.run(args, config) or 0)
+    except VoicechatError as error:
+        if debug:
+            log.exception("error")
+        print(f"voicechat: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            log.exception("interrupted")
+        print("voicechat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entry_point() -> None:
+    sys.exit(main())
