@@ -1,0 +1,1 @@
+"""Audio: files, resampling, capture, endpointing and playback."""
