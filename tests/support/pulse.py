@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,43 @@ class PulseServer:
 
 
 class Recording:
+    """A running parec, read continuously (a full pipe would stall it)."""
+
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
+        self._data = bytearray()
+        self._grown = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while chunk := self.process.stdout.read1(65536):
+            with self._grown:
+                self._data.extend(chunk)
+                self._grown.notify_all()
+
+    def samples(self) -> np.ndarray:
+        with self._grown:
+            data = bytes(self._data)
+        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / 32768
+
+    def wait_for_sound(self, seconds: float, rate: int, timeout: float = 30.0) -> bool:
+        """Wait until ``seconds`` have been recorded after the first audible sample."""
+
+        def enough() -> bool:
+            recorded = self.samples()
+            loud = np.flatnonzero(np.abs(recorded) > 1e-3)
+            return bool(loud.size) and recorded.size - loud[0] >= seconds * rate
+
+        with self._grown:
+            return self._grown.wait_for(enough, timeout)
 
     def stop(self) -> np.ndarray:
-        """Everything recorded so far, float32."""
+        """Everything recorded, float32."""
         self.process.terminate()
-        data, _ = self.process.communicate(timeout=30)
-        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / 32768
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=30)
+        return self.samples()
 
 
 def start_private_server() -> PulseServer:

@@ -91,9 +91,13 @@ class Endpointer:
             return []
         return [self._end(self._index - 1, "stream_end")]
 
-    def reset(self) -> None:
-        """Drop the utterance in progress and the start window (used while the assistant speaks
-        in half-duplex mode). The noise floor is kept."""
+    def skip(self, count: int) -> None:
+        """Let ``count`` samples pass unheard (half-duplex, while the assistant speaks): the
+        utterance in progress and the start window are dropped, the clock moves on, the noise
+        floor is kept."""
+        total = self._pending.size + count
+        self._index += total // self.frame_len
+        self._pending = np.zeros(total % self.frame_len, dtype=np.int16)
         self._utterance = None
         self._speech_frames = []
         self._window.clear()
