@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
     "devices": "devices",
+    "mic-test": "mic_test",
+    "vad": "vad",
 }
 
 EXIT_USER_ERROR = 2
