@@ -16,10 +16,11 @@ RATE = 16000
 
 QUESTIONS = {
     "en": "What is the capital of France, and how many people live there?",
-    "en-pause": "Tell me about the weather.  ...  And what should I wear tomorrow?",
+    "en-first": "Tell me about the weather",
+    "en-second": "and what should I wear tomorrow?",
     "zh": "请问法国的首都是哪里？那里有多少人口？",
 }
-VOICES = {"en": "en-us", "en-pause": "en-us", "zh": "cmn"}
+VOICES = {"en": "en-us", "en-first": "en-us", "en-second": "en-us", "zh": "cmn"}
 
 
 def espeak_available() -> bool:

@@ -50,7 +50,7 @@ class Endpointer:
         self._preroll = _frames(config.preroll_ms, config.frame_ms, at_least=0)
         self._tail = _frames(config.tail_ms, config.frame_ms, at_least=0)
         self._start_speech = _frames(config.start_speech_ms, config.frame_ms)
-        self._max_frames = _frames(config.max_utterance_s * 1000, config.frame_ms)
+        self._max_frames = max(1, int(config.max_utterance_s * 1000 // config.frame_ms))
         window = max(_frames(config.start_window_ms, config.frame_ms), self._start_speech)
         self._window: deque[bool] = deque(maxlen=window)
         self._recent: deque[np.ndarray] = deque(maxlen=window + self._preroll)
