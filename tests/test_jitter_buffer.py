@@ -35,7 +35,7 @@ def test_gap_in_the_stream_is_zero_filled_counted_and_faded():
     assert np.all(second[:30] == 1.0) and second[49] < 0.1 and not second[50:].any()  # faded out
     assert buffer.underruns == 1 and buffer.active
     assert not buffer.read(BLOCK).any()  # waiting for the lead again
-    buffer.push(np.ones(100, dtype=np.float32))
+    buffer.push(np.ones(150, dtype=np.float32))
     resumed = buffer.read(BLOCK)
     assert resumed[0] == 0.0 and np.all(resumed[20:] == 1.0)  # faded in
     buffer.end()
