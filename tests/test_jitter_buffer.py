@@ -39,7 +39,8 @@ def test_gap_in_the_stream_is_zero_filled_counted_and_faded():
     resumed = buffer.read(BLOCK)
     assert resumed[0] == 0.0 and np.all(resumed[20:] == 1.0)  # faded in
     buffer.end()
-    assert not buffer.active
+    assert np.all(buffer.read(BLOCK)[:50] == 1.0)
+    assert not buffer.active and buffer.underruns == 1
 
 
 def test_flush_silences_within_one_block_and_drops_the_rest():
