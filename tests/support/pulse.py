@@ -69,7 +69,7 @@ class PulseServer:
         pcm = np.clip(np.asarray(samples) * 32768, -32768, 32767).astype("<i2").tobytes()
         process = subprocess.Popen(
             ["pacat", "--playback", f"--device={sink}", "--format=s16le", f"--rate={rate}",
-             "--channels=1", "--latency-msec=20"],
+             "--channels=1", "--latency-msec=200"],
             env=self.env, stdin=subprocess.PIPE,
         )
         process.stdin.write(pcm)
@@ -79,7 +79,7 @@ class PulseServer:
     def record(self, source: str = f"{SPEAKER}.monitor", rate: int = SPEAKER_RATE) -> Recording:
         process = subprocess.Popen(
             ["parec", f"--device={source}", "--format=s16le", f"--rate={rate}", "--channels=1",
-             "--latency-msec=10"],
+             "--latency-msec=50"],
             env=self.env, stdout=subprocess.PIPE,
         )
         return Recording(process)
@@ -105,6 +105,11 @@ class Recording:
         with self._grown:
             data = bytes(self._data)
         return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / 32768
+
+    def wait_for_bytes(self, count: int, timeout: float = 30.0) -> bool:
+        """Wait until the recorder delivers data (it is connected and running)."""
+        with self._grown:
+            return self._grown.wait_for(lambda: len(self._data) >= count, timeout)
 
     def wait_for_sound(self, seconds: float, rate: int, timeout: float = 30.0) -> bool:
         """Wait until ``seconds`` have been recorded after the first audible sample."""
