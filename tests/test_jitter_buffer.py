@@ -36,9 +36,12 @@ def test_gap_in_the_stream_is_zero_filled_counted_and_faded():
     assert buffer.underruns == 1 and buffer.active
     assert not buffer.read(BLOCK).any()  # waiting for the lead again
     buffer.push(np.ones(150, dtype=np.float32))
+    assert not buffer.read(BLOCK).any()  # the lead has grown after the underrun
+    buffer.push(np.ones(100, dtype=np.float32))
     resumed = buffer.read(BLOCK)
     assert resumed[0] == 0.0 and np.all(resumed[20:] == 1.0)  # faded in
     buffer.end()
+    assert np.all(buffer.read(BLOCK) == 1.0)
     assert np.all(buffer.read(BLOCK)[:50] == 1.0)
     assert not buffer.active and buffer.underruns == 1
 

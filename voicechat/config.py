@@ -165,7 +165,7 @@ class AudioConfig:
     output_device: str | None = None
     barge_in: bool = False  # speech during playback interrupts it (use headphones)
     echo_tail_ms: int = field(default=300, metadata=_range(0, 5000))  # half-duplex: deaf after playback
-    capture_block_ms: int = field(default=20, metadata=_range(5, 200))
+    capture_block_ms: int = field(default=40, metadata=_range(5, 200))  # 40: <2% CPU idle
     vad: VadConfig = VadConfig()
     playback: PlaybackConfig = PlaybackConfig()
 

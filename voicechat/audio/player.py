@@ -3,8 +3,8 @@ pulls it from a jitter buffer.
 
 Playback of a reply starts once ``lead_ms`` is buffered (or the reply is complete). When the
 buffer runs dry before the reply is complete, the audio fades out, the gap is counted as an
-underrun, and playback resumes with a fade-in once the lead is buffered again, so gaps never
-click. :meth:`Player.flush` cuts the reply: only a fade of ``fade_ms`` is still played.
+underrun, and playback resumes with a fade-in once a longer lead is buffered (it grows by
+``lead_ms`` per underrun, up to four times), so gaps never click and do not repeat. :meth:`Player.flush` cuts the reply: only a fade of ``fade_ms`` is still played.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class JitterBuffer:
     callback and never blocks for longer than a copy."""
 
     def __init__(self, lead: int, fade: int) -> None:
-        self.lead = lead  # samples buffered before playback (re)starts
+        self.base_lead = lead  # samples buffered before playback starts
+        self.lead = lead  # grows by base_lead at each underrun of a reply, up to 4 times
         self.fade = fade  # samples of the ramps at gaps and on flush
         self._lock = threading.Lock()
         self._chunks: deque[np.ndarray] = deque()
@@ -47,6 +48,7 @@ class JitterBuffer:
         self.played = 0  # samples of this reply handed to the device
         self.pushed = 0
         self.first_audio_at: float | None = None  # when its first sample reaches the device
+        self.lead = self.base_lead
         self._ended = False
 
     @property
@@ -123,6 +125,7 @@ class JitterBuffer:
                     ramp = min(self.fade, taken.size)
                     out[taken.size - ramp: taken.size] *= np.linspace(1.0, 0.0, ramp, dtype=np.float32)
                     self.underruns += 1
+                    self.lead = min(self.lead + self.base_lead, 4 * self.base_lead)
                     self._state = "filling"
         return out
 
