@@ -39,6 +39,8 @@ PHRASES = [  # (first part, second part, voice): spoken with a pause between the
 ]
 NOISE_DBFS = {"clean": None, "snr30": -50.0, "snr20": -40.0, "snr10": -30.0, "snr5": -25.0}
 PAUSES_S = (0.25, 0.5)  # pauses inside one question (between its two parts)
+SWEEP_TRAILING_MS = (300, 350, 400, 450, 500, 600, 700, 800, 1000, 1200)
+SWEEP_PAUSES_S = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def bench_endpointing() -> dict:
@@ -77,6 +79,30 @@ def bench_endpointing() -> dict:
     }
     return {"speech_dbfs_rms": -20.0, "pauses_inside_questions_s": list(PAUSES_S), "table": table,
             "false_utterances_in_60s_of_noise_alone": noise_only}
+
+
+def sweep_trailing_silence() -> dict:
+    """Split rate of a question with one pause inside it, per trailing silence and pause length:
+    the measurements the presets are chosen from."""
+    result = {}
+    for noise_name in ("clean", "snr10"):
+        rows = {}
+        for trailing in SWEEP_TRAILING_MS:
+            config = VadConfig(trailing_silence_ms=trailing)
+            rates = []
+            for pause in SWEEP_PAUSES_S:
+                splits = 0
+                for seed, (first, second, voice) in enumerate(PHRASES):
+                    recording = scene([1.0, speak(first, voice), pause, speak(second, voice), 2.0],
+                                      NOISE_DBFS[noise_name], seed=seed)
+                    start, end = recording.speech[0][0], recording.speech[-1][1]
+                    kept = [e for e in find_utterances(recording.samples, config)
+                            if isinstance(e, UtteranceEnded) and e.end > start and e.start < end]
+                    splits += len(kept) > 1
+                rates.append(round(splits / len(PHRASES), 2))
+            rows[str(trailing)] = rates
+        result[noise_name] = rows
+    return {"pauses_s": list(SWEEP_PAUSES_S), "split_rate_by_trailing_silence_ms": result}
 
 
 def _spin(stop) -> None:
@@ -170,7 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer replies, shorter idle run")
     args = parser.parse_args()
-    result = {"endpointing": bench_endpointing()}
+    result = {"endpointing": bench_endpointing(), "trailing_silence_sweep": sweep_trailing_silence()}
     server = start_private_server()
     previous = use_server(server)
     try:

@@ -19,7 +19,7 @@ def test_vad_command_lists_the_utterances_of_a_recording_as_json(tmp_path, capsy
     write_wav(path, recording.samples, RATE)
     assert main(["vad", str(path), "--preset", "aggressive", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["settings"]["trailing_silence_ms"] == 350
+    assert report["settings"]["trailing_silence_ms"] == 400
     kept = [u for u in report["utterances"] if u["kept"]]
     assert len(kept) >= 2
     assert kept[0]["start"] == pytest.approx(recording.speech[0][0], abs=0.05)

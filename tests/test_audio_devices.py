@@ -142,6 +142,19 @@ def test_with_barge_in_speech_during_playback_interrupts_and_becomes_the_next_tu
     assert score > 0.99  # captured from its pre-roll: nothing lost to the interruption
 
 
+def test_interrupt_key_cuts_the_reply_at_any_time(pulse):
+    events: queue.Queue = queue.Queue()
+    cancelled = []
+    with Player() as speaker:
+        listener = Listener(AudioConfig(), events.put, speaker, lambda: cancelled.append(True))
+        speaker.begin()
+        speaker.push(np.full(10 * DECODER_RATE, 0.01, np.float32))
+        listener.interrupt()
+        assert speaker.wait(timeout=1) and not speaker.playing
+    cut = next_event(events, Interrupted)
+    assert cut.by == "key" and cancelled
+
+
 def test_device_errors_are_messages_not_tracebacks(pulse):
     with pytest.raises(AudioError, match="no input device matches 'no-such-microphone'"):
         Capture("no-such-microphone").open()
@@ -167,7 +180,10 @@ from tests.support.pulse import PulseServer, use_server
 from pathlib import Path
 from voicechat.audio.events import DeviceFailed, Level
 from voicechat.audio.listener import Listener
+from voicechat.audio.player import Player
 from voicechat.config import AudioConfig
+from voicechat.errors import AudioError
+import numpy as np
 
 server = PulseServer(Path(sys.argv[1]))
 server.start()
@@ -175,11 +191,18 @@ use_server(server)
 events = queue.Queue()
 listener = Listener(AudioConfig(), events.put)
 listener.start()
+speaker = Player().open()
+speaker.begin()
+speaker.push(np.zeros(22050, np.float32))
 assert isinstance(events.get(timeout=10), Level)
 server.stop()
 while not isinstance(event := events.get(timeout=20), DeviceFailed):
     pass
 print("FAILED:", event.message, flush=True)
+try:
+    speaker.push(np.zeros(22050, np.float32))
+except AudioError as error:
+    print("SPEAKER:", error, flush=True)
 server.start()  # the sound server is back: listening starts again
 listener.start()
 while not isinstance(event := events.get(timeout=20), Level):
@@ -198,4 +221,5 @@ def test_microphone_gone_mid_stream_is_reported_and_listening_can_restart(tmp_pa
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "FAILED: the input device 'default' stopped delivering audio" in done.stdout
+    assert "SPEAKER: the output device 'default' stopped playing" in done.stdout
     assert "LISTENING AGAIN" in done.stdout

@@ -60,8 +60,10 @@ class Endpointer:
         self._index = 0  # index of the next frame
         self._floor = FLOOR_MIN_DBFS
         self._level_power: list[float] = []
-        self._utterance: list[np.ndarray] | None = None
-        self._speech_frames: list[bool] = []
+        self._utterance: list[np.ndarray] | None = None  # frames of the utterance in progress
+        self._speech_frames: list[bool] = []  # which of them were speech
+        self._utterance_first = 0  # frame index of its first frame
+        self._speech_start = 0  # frame index of its first speech frame
 
     @property
     def speaking(self) -> bool:
@@ -154,7 +156,7 @@ class Endpointer:
 
     def _end(self, index: int, reason: str) -> UtteranceEnded | UtteranceDiscarded:
         flags = self._speech_frames
-        last = len(flags) - 1 - flags[::-1].index(True) if True in flags else 0
+        last = len(flags) - 1 - flags[::-1].index(True)  # an utterance starts with speech
         last_index = self._utterance_first + last
         start, end = self._time(self._speech_start), self._time(last_index + 1)
         frames = self._utterance[: last + 1 + self._tail]

@@ -207,8 +207,7 @@ class Player:
 
     def begin(self) -> None:
         """Start a reply: from now until end() or flush(), pushed audio is played."""
-        if self._stream is None:
-            raise AudioError("the speaker is not open")
+        self._check_alive()
         self._resampler.reset()
         self._accepting = True
 
@@ -217,8 +216,19 @@ class Player:
         flush() cut it, before begin()) is dropped: returns False."""
         if not self._accepting:
             return False
+        self._check_alive()
         self._buffer.push(self._resampler.process(audio))
         return True
+
+    def _check_alive(self) -> None:
+        if self._stream is None or not self._stream.active:
+            self._accepting = False
+            self._buffer.flush()
+            name = self.device.name if self.device else "?"
+            raise AudioError(
+                f"the output device {name!r} stopped playing (unplugged, or the sound server "
+                "stopped); reconnect it or choose another device with audio.output_device"
+            )
 
     def end(self) -> None:
         """The reply is complete: play out what is buffered."""
