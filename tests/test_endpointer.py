@@ -8,7 +8,6 @@ import pytest
 from tests.support.speech import RATE, noise, question, scene
 from voicechat.audio.endpointer import Endpointer, find_utterances
 from voicechat.audio.events import Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded
-from voicechat.audio.resample import StreamResampler, resample
 from voicechat.config import VAD_PRESETS, VadConfig
 
 NOISE_LEVELS = [None, -50.0, -40.0, -30.0]  # dBFS; speech is at -20 dBFS RMS
@@ -136,19 +135,3 @@ def test_skipped_audio_is_ignored_but_keeps_the_clock():
     ended = utterances(events)
     assert all(e.start >= half / RATE for e in ended)
     assert [e.t for e in events if isinstance(e, Level)][0] > half / RATE
-
-
-def test_stream_resampler_matches_whole_signal_resampling():
-    rng = np.random.default_rng(0)
-    signal = rng.standard_normal(30000).astype(np.float32)
-    for rate, target in [(44100, 16000), (48000, 16000), (22050, 48000)]:
-        resampler = StreamResampler(rate, target)
-        blocks, position = [], 0
-        while position < signal.size:
-            size = int(rng.integers(1, 3000))
-            blocks.append(resampler.process(signal[position:position + size]))
-            position += size
-        streamed = np.concatenate(blocks)
-        whole = resample(signal, rate, target)
-        assert whole.size - 30 < streamed.size <= whole.size
-        np.testing.assert_allclose(streamed, whole[: streamed.size], atol=1e-5)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -92,13 +91,8 @@ class Capture:
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is None:
-            return
-        # Closing a stream whose device or sound server has gone can block inside PortAudio:
-        # do it aside and give up waiting after a moment.
-        closer = threading.Thread(target=_close_quietly, args=(stream,), daemon=True)
-        closer.start()
-        closer.join(timeout=1.0)
+        if stream is not None:
+            devices.close_stream(stream)
 
     def __enter__(self) -> Capture:
         return self.open()
@@ -106,10 +100,3 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _close_quietly(stream: Any) -> None:
-    try:
-        stream.abort()
-        stream.close()
-    except Exception:  # a device that is already gone cannot be closed cleanly
-        pass

@@ -3,6 +3,7 @@ PortAudio's failures into messages a user can act on."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -143,3 +144,19 @@ def open_error(error: Exception, device: DeviceInfo, kind: Kind) -> AudioError:
             f"choose another device with {setting} ({text})"
         )
     return AudioError(f"cannot use the {kind} device {device.name!r} ({text}); choose another with {setting}")
+
+
+def close_stream(stream: Any) -> None:
+    """Close a stream without hanging: closing one whose device or sound server has gone can block
+    inside PortAudio, so it is done aside and waited for only a moment."""
+
+    def close() -> None:
+        try:
+            stream.abort()
+            stream.close()
+        except Exception:  # a device that is already gone cannot be closed cleanly
+            pass
+
+    closer = threading.Thread(target=close, name="voicechat-close-stream", daemon=True)
+    closer.start()
+    closer.join(timeout=1.0)

@@ -233,7 +233,7 @@ class Player:
     def end(self) -> None:
         """The reply is complete: play out what is buffered."""
         if self._accepting:
-            self._buffer.push(self._resampler.process(np.zeros(self.source_rate // 100, dtype=np.float32)))
+            self._buffer.push(self._resampler.flush())
             self._buffer.end()
         self._accepting = False
 
@@ -275,11 +275,7 @@ class Player:
         stream, self._stream = self._stream, None
         self.flush()
         if stream is not None:
-            try:
-                stream.abort()
-                stream.close()
-            except Exception:  # a device that is already gone cannot be closed cleanly
-                pass
+            devices.close_stream(stream)
 
     def __enter__(self) -> Player:
         return self.open()

@@ -73,11 +73,13 @@ class StreamResampler:
         self._history = np.zeros(self._per_phase, dtype=np.float32)
         self._first = -self._per_phase  # stream index of _history[0]
         self._next = 0  # index of the next output sample
+        self._received = 0  # input samples so far
 
     def process(self, block: np.ndarray) -> np.ndarray:
         block = as_float32(np.asarray(block))
         if self.up == self.down:
             return block
+        self._received += block.size
         self._history = np.concatenate([self._history, block])
         available = self._first + self._history.size
         # output m needs inputs up to (m * down + delay) // up
@@ -94,3 +96,15 @@ class StreamResampler:
             self._history = self._history[keep_from - self._first:]
             self._first = keep_from
         return out.astype(np.float32, copy=False)
+
+    def flush(self) -> np.ndarray:
+        """The samples still held back at the end of the signal (the filter's delay), as if it
+        ended with silence; the next block starts a new signal."""
+        if self.up == self.down:
+            return np.zeros(0, dtype=np.float32)
+        total = -(-self._received * self.up // self.down)  # the whole signal's output length
+        missing = total - self._next
+        padding = np.zeros(self._delay // self.up + self._per_phase + 1, dtype=np.float32)
+        out = self.process(padding)[:missing]
+        self.reset()
+        return out
