@@ -26,7 +26,7 @@ class Capture:
     """``with Capture(device) as mic: block = mic.read()``. ``device`` is an index, a part of a
     device name, or None for the system default."""
 
-    def __init__(self, device: str | int | None = None, block_ms: int = 20, stall_s: float = 2.0) -> None:
+    def __init__(self, device: str | int | None = None, block_ms: int = 40, stall_s: float = 2.0) -> None:
         self.spec = device
         self.block_ms = block_ms
         self.stall_s = stall_s  # no audio for this long means the device is gone
@@ -40,8 +40,7 @@ class Capture:
     def open(self) -> Capture:
         sd = devices.sounddevice()
         self.device = devices.find_device(self.spec, "input")
-        channels = 1
-        self.rate = devices.choose_rate(self.device, "input", channels, MODEL_RATE)
+        self.rate, channels = devices.choose_settings(self.device, "input", MODEL_RATE)
         self._resampler = StreamResampler(self.rate, MODEL_RATE)
         self._queue = queue.SimpleQueue()
         try:

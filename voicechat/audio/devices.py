@@ -111,20 +111,22 @@ def find_device(spec: str | int | None, kind: Kind) -> DeviceInfo:
     raise AudioError(f"{spec!r} matches several {kind} devices ({names}); give the index instead")
 
 
-def choose_rate(device: DeviceInfo, kind: Kind, channels: int, preferred: int) -> int:
-    """``preferred`` if the device accepts it, else its default rate, else a common rate."""
+def choose_settings(device: DeviceInfo, kind: Kind, preferred_rate: int) -> tuple[int, int]:
+    """(rate, channels) the device accepts: mono if it can, else stereo; ``preferred_rate`` if it
+    can, else its default rate, else a common rate."""
     sd = sounddevice()
     check = sd.check_input_settings if kind == "input" else sd.check_output_settings
-    candidates = [preferred, device.default_rate, *COMMON_RATES]
-    for rate in dict.fromkeys(candidates):
-        try:
-            check(device=device.index, channels=channels, dtype="float32", samplerate=rate)
-            return rate
-        except (sd.PortAudioError, ValueError):
-            continue
+    rates = dict.fromkeys([preferred_rate, device.default_rate, *COMMON_RATES])
+    for channels in dict.fromkeys([1, max(1, min(2, device.channels(kind)))]):
+        for rate in rates:
+            try:
+                check(device=device.index, channels=channels, dtype="float32", samplerate=rate)
+                return rate, channels
+            except (sd.PortAudioError, ValueError):
+                continue
     raise AudioError(
         f"the {kind} device {device.name!r} accepts none of the usual sample rates; "
-        "choose another device with audio.{kind}_device"
+        f"choose another device with audio.{kind}_device"
     )
 
 

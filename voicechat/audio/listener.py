@@ -14,10 +14,12 @@ import threading
 import time
 from typing import Callable, Protocol
 
+import numpy as np
+
 from voicechat.audio.capture import Capture
-from voicechat.audio.resample import MODEL_RATE
 from voicechat.audio.endpointer import Endpointer
 from voicechat.audio.events import AudioEvent, DeviceFailed, Interrupted, SpeechStarted
+from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import AudioConfig
 from voicechat.errors import AudioError
 
@@ -100,7 +102,7 @@ class Listener:
             capture.close()
             self.on_event(DeviceFailed(t=time.monotonic(), message=str(error)))
 
-    def _block(self, samples, t_end: float) -> None:
+    def _block(self, samples: np.ndarray, t_end: float) -> None:
         if self.endpointer is None:
             origin = t_end - samples.size / MODEL_RATE
             self.endpointer = Endpointer(self.config.vad, origin=origin)

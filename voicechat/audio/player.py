@@ -176,7 +176,8 @@ class Player:
     def open(self) -> Player:
         sd = devices.sounddevice()
         self.device = devices.find_device(self.spec, "output")
-        self.rate = self.requested_rate or devices.choose_rate(self.device, "output", 1, self.source_rate)
+        self.rate, channels = devices.choose_settings(self.device, "output", self.source_rate)
+        self.rate = self.requested_rate or self.rate
         self._resampler = StreamResampler(self.source_rate, self.rate)
         self._buffer = JitterBuffer(
             lead=self.rate * self.config.lead_ms // 1000, fade=int(self.rate * self.config.fade_ms / 1000)
@@ -185,7 +186,7 @@ class Player:
             self._stream = sd.OutputStream(
                 device=self.device.index,
                 samplerate=self.rate,
-                channels=1,
+                channels=channels,
                 dtype="float32",
                 blocksize=self.rate * self.config.block_ms // 1000,
                 latency="low",
@@ -201,7 +202,7 @@ class Player:
         if status.output_underflow:
             self.device_underflows += 1
         delay = max(0.0, time_info.outputBufferDacTime - time_info.currentTime)
-        outdata[:, 0] = self._buffer.read(frames, time.monotonic() + delay)
+        outdata[:] = self._buffer.read(frames, time.monotonic() + delay)[:, None]  # same on every channel
 
     # --- what the engine calls --------------------------------------------------------------------
 
