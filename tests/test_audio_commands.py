@@ -40,6 +40,7 @@ def test_devices_command_marks_the_default_devices(pulse, capsys):
 
 
 @pytest.mark.audio
+@pytest.mark.slow
 def test_mic_test_records_what_the_microphone_heard(pulse, tmp_path, capsys):
     spoken = question("en")
     pulse.play(np.concatenate([spoken, np.zeros(RATE, np.float32)]), RATE)

@@ -40,6 +40,7 @@ def next_event(events: queue.Queue, kind: type, timeout: float = 20.0):
             return event
 
 
+@pytest.mark.slow
 def test_question_spoken_into_the_microphone_comes_out_as_one_utterance(pulse):
     spoken = question("en")
     events: queue.Queue = queue.Queue()
@@ -58,6 +59,7 @@ def test_question_spoken_into_the_microphone_comes_out_as_one_utterance(pulse):
     assert listener.capture is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [None, 48000])  # the device takes 22050 Hz, or we resample
 def test_reply_played_through_the_player_arrives_intact_and_in_order(pulse, rate):
     reply = resample(question("en"), RATE, DECODER_RATE)
@@ -99,6 +101,7 @@ def test_flush_silences_the_reply_at_once(pulse):
     assert sounding < 1.5
 
 
+@pytest.mark.slow
 def test_without_barge_in_speech_during_playback_starts_no_turn(pulse):
     events: queue.Queue = queue.Queue()
     with Player() as speaker:
@@ -120,6 +123,7 @@ def test_without_barge_in_speech_during_playback_starts_no_turn(pulse):
     assert not [e for e in seen if isinstance(e, (SpeechStarted, UtteranceEnded, Interrupted))]
 
 
+@pytest.mark.slow
 def test_with_barge_in_speech_during_playback_interrupts_and_becomes_the_next_turn(pulse):
     events: queue.Queue = queue.Queue()
     interrupted = []
