@@ -73,7 +73,7 @@ def test_converted_native_model_gives_the_chatglm_logits(tiny_lm: Path) -> None:
         ours = loaded.model(ids[None]).logits[0]
     reference = chatglm_forward(weights, config, ids)
     assert ours.shape == reference.shape
-    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_incremental_decoding_with_cache_matches_full_forward(tiny_lm: Path) -> None:
