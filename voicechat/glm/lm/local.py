@@ -49,12 +49,13 @@ class LocalBackend:
                                   name="lm-generate", daemon=True)
         worker.start()
         try:
-            while (item := tokens.get()) is not _END:
+            while (item := tokens.get()) is not _END and not cancel.is_set():
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
             abandoned.set()
+            worker.join()  # at most one more forward step: then the model is free again
 
     def close(self) -> None:
         with self._lock:
