@@ -184,14 +184,11 @@ def test_cancelling_a_remote_stream_ends_it(tokenizer: GlmTextTokenizer, prompt:
 def test_voicechat_serve_command_serves_the_tiny_model(tiny_lm: Path, tokenizer: GlmTextTokenizer,
                                                        local: LocalBackend, prompt: list[int], tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  lm:\n    source: {tiny_lm}\n    device: cpu\n    dtype: float32\n")
-    script = ("import sys; from voicechat.cli import build_parser; "
-              "from voicechat.commands import serve; from voicechat.config import load_config; import argparse; "
-              "p = argparse.ArgumentParser(); serve.add_arguments(p); a = p.parse_args(sys.argv[2:]); "
-              "sys.exit(serve.run(a, load_config(__import__('pathlib').Path(sys.argv[1]))))")
+    config.write_text(f"offline: true\nmodels:\n  lm:\n    source: {tiny_lm}\n    device: cpu\n    dtype: float32\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VC_TEST_TOKEN": "tok"}
-    process = subprocess.Popen([sys.executable, "-c", script, str(config), "--port", "0", "--token-env", "VC_TEST_TOKEN"],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "voicechat", "--config", str(config), "serve", "--port", "0",
+               "--token-env", "VC_TEST_TOKEN"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         assert "serving" in line, process.stderr.read()
@@ -412,3 +409,32 @@ def test_openai_stream_without_done_is_a_cut(local: LocalBackend, tokenizer: Glm
         backend = OpenAIBackend(url + "/v1", tokenizer, FAST, model="m")
         with pytest.raises(BackendError, match="cut after 4 tokens"):
             list(backend.stream(prompt, greedy(4), threading.Event()))
+
+
+# --- choosing a backend from the config -------------------------------------------------------------
+
+
+def test_backend_config_selects_the_backend(tokenizer: GlmTextTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from voicechat.config import BackendConfig
+    from voicechat.errors import ConfigError
+    from voicechat.glm.lm import DEFAULT_GLM_SERVER_URL, open_backend
+
+    server = open_backend(BackendConfig(kind="glm-server"), tokenizer)
+    assert isinstance(server, GlmServerBackend) and server.url == DEFAULT_GLM_SERVER_URL + "/generate_stream"
+    monkeypatch.setenv("VC_KEY", "abc")
+    remote = open_backend(BackendConfig(kind="openai", url="http://h:8000/v1", model="glm", api_key_env="VC_KEY"),
+                          tokenizer)
+    assert isinstance(remote, OpenAIBackend) and remote._settings.token == "abc"
+    with pytest.raises(ConfigError, match="backend.url"):
+        open_backend(BackendConfig(kind="openai"), tokenizer)
+    with pytest.raises(ConfigError, match="VC_MISSING"):
+        open_backend(BackendConfig(kind="glm-server", api_key_env="VC_MISSING"), tokenizer)
+
+
+def test_sampling_follows_the_config_and_the_voice_preset() -> None:
+    from voicechat.config import load_config
+
+    config = load_config(None, {"generation.temperature": 0.5})
+    params = SamplingParams.from_config(config.generation, (1, 2), config.voice_preset("brisk"))
+    assert (params.temperature, params.top_p, params.max_new_tokens, params.stop_ids) == (0.5, 0.8, 600, (1, 2))
+    assert SamplingParams.from_config(config.generation, (), config.voice_preset("cheerful")).temperature == 0.3

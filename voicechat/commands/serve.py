@@ -20,10 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config) -> int:
-    from voicechat.errors import ConfigError, ModelError
+    from voicechat.errors import ConfigError
     from voicechat.glm.lm.local import LocalBackend
     from voicechat.glm.lm.server import LMServer
     from voicechat.glm.text_tokenizer import GlmTextTokenizer
+    from voicechat.models import resolve_model
 
     token = None
     if args.token_env:
@@ -31,9 +32,7 @@ def run(args: argparse.Namespace, config) -> int:
         if not token:
             raise ConfigError(f"--token-env names {args.token_env}, but that environment variable is empty")
     spec = config.models.lm
-    path = config.resolve_path(spec.source)
-    if not Path(path).is_dir():
-        raise ModelError(f"models.lm.source {spec.source!r} is not a local model folder; download GLM-4-Voice-9B first")
+    path = resolve_model("lm", config)
     tokenizer = GlmTextTokenizer.from_pretrained(path)
     backend = LocalBackend.from_pretrained(path, device=spec.device, dtype=spec.dtype, quantization=spec.quantization)
     try:
