@@ -69,7 +69,7 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = GlmTextTokenizer.from_pretrained(folder)
     local = LocalBackend.from_pretrained(folder, device=args.device, dtype=args.dtype)
-    model = local._loaded
+    model = local.loaded
     server = LMServer(local, tokenizer, "127.0.0.1", 0, vocab_size=local.vocab_size)
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()

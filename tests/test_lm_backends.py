@@ -73,7 +73,7 @@ def test_local_greedy_stream_is_the_argmax_of_full_forward_passes(local: LocalBa
     local.close()
     streamed = list(local.stream(prompt, greedy(6), threading.Event()))
     ids = list(prompt)
-    model = local._loaded.model
+    model = local.loaded.model
     with torch.no_grad():
         for _ in range(6):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))

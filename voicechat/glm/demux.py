@@ -64,13 +64,13 @@ def demux(tokens: Iterable[int], tokenizer: GlmTextTokenizer, stop_ids: tuple[in
     """Events for one reply; the last one is ReplyEnded or ReplyFailed."""
     special = tokenizer.special
     detokenizer = StreamingDetokenizer(tokenizer)
-    timings = StreamTimings(started=clock() if started is None else started)
+    started = clock() if started is None else started
     reply: list[int] = []
     first: dict[str, float] = {}
     counts = {"text": 0, "speech": 0}
 
     def final_timings(now: float) -> StreamTimings:
-        return StreamTimings(timings.started, first.get("token"), first.get("text"), first.get("speech"),
+        return StreamTimings(started, first.get("token"), first.get("text"), first.get("speech"),
                              now, counts["text"], counts["speech"])
 
     try:

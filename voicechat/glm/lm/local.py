@@ -24,7 +24,7 @@ _END = object()
 
 class LocalBackend:
     def __init__(self, loaded: LoadedLM):
-        self._loaded = loaded
+        self.loaded = loaded
         self._lock = threading.Lock()  # one generation at a time: the model and cache are shared
         self._cache: Any = None
         self._cached_ids: list[int] = []
@@ -38,7 +38,7 @@ class LocalBackend:
 
     @property
     def vocab_size(self) -> int:
-        return int(self._loaded.model.config.vocab_size)
+        return int(self.loaded.model.config.vocab_size)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event) -> Iterator[int]:
         if not prompt_ids:
@@ -79,7 +79,7 @@ class LocalBackend:
     def _generate(self, prompt_ids: list[int], params: SamplingParams, stopped: Any, emit: Any) -> None:
         import torch
 
-        model, device = self._loaded.model, self._loaded.device
+        model, device = self.loaded.model, self.loaded.device
         generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
         pending = self._reuse_cache(prompt_ids)
         try:
