@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.lm import tiny_lm  # noqa: F401  (fixture)
 from voicechat.errors import BackendError
-from voicechat.glm.demux import ReplyEnded, ReplyFailed, SpeechTokens, TextDelta, demux
+from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText, demux
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
 
 
@@ -30,8 +30,8 @@ def test_interleaved_reply_becomes_text_speech_and_end(tokenizer: GlmTextTokeniz
     text_ids = tokenizer.encode("图书馆 opens")
     reply = text_ids[:2] + [special.audio_offset + 4, special.audio_offset + 16383] + text_ids[2:]
     events = list(demux(reply + [special.user], tokenizer, special.stop_ids, 100, clock=ticking_clock()))
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "图书馆 opens"
-    assert [t for e in events if isinstance(e, SpeechTokens) for t in e.tokens] == [4, 16383]
+    assert "".join(e.text for e in events if isinstance(e, ReplyText)) == "图书馆 opens"
+    assert [t for e in events if isinstance(e, ReplySpeech) for t in e.tokens] == [4, 16383]
     end = events[-1]
     assert isinstance(end, ReplyEnded) and end.reason == "stop"
     assert end.reply_ids == tuple(reply)  # history keeps the reply without <|user|>
@@ -72,4 +72,4 @@ def test_special_markers_in_the_reply_are_not_shown(tokenizer: GlmTextTokenizer)
     special = tokenizer.special
     ids = [special.begin_of_audio] + tokenizer.encode("hi") + [special.end_of_audio]
     events = list(demux(ids + [special.user], tokenizer, special.stop_ids, 10))
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hi"
+    assert "".join(e.text for e in events if isinstance(e, ReplyText)) == "hi"

@@ -2,7 +2,7 @@
 
 Ids from <|audio_0|> on are speech (id - offset); the others are text, shown through the
 streaming detokenizer; the stop token (<|user|>) ends the reply. Each event carries a monotonic
-timestamp; the end event carries the timings of the first token, first text and first speech.
+timestamp ``t`` (as the engine's events); the end event carries the timings of the first token, first text and first speech.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from voicechat.glm.text_tokenizer import GlmTextTokenizer, StreamingDetokenizer
 
 
 @dataclass(frozen=True)
-class TextDelta:
+class ReplyText:
     text: str
-    at: float
+    t: float  # the clock (time.monotonic) when it happened
 
 
 @dataclass(frozen=True)
-class SpeechTokens:
+class ReplySpeech:
     tokens: tuple[int, ...]  # speech-tokenizer codes, 0..16383
-    at: float
+    t: float  # the clock (time.monotonic) when it happened
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ReplyEnded:
     reason: Literal["stop", "length", "cancelled"]
     reply_ids: tuple[int, ...]  # for the conversation history; without the stop token
     timings: StreamTimings
-    at: float
+    t: float  # the clock (time.monotonic) when it happened
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,10 @@ class ReplyFailed:
     error: VoicechatError
     reply_ids: tuple[int, ...]
     timings: StreamTimings
-    at: float
+    t: float  # the clock (time.monotonic) when it happened
 
 
-ReplyEvent = Union[TextDelta, SpeechTokens, ReplyEnded, ReplyFailed]
+ReplyEvent = Union[ReplyText, ReplySpeech, ReplyEnded, ReplyFailed]
 
 
 def demux(tokens: Iterable[int], tokenizer: GlmTextTokenizer, stop_ids: tuple[int, ...],
@@ -79,26 +79,26 @@ def demux(tokens: Iterable[int], tokenizer: GlmTextTokenizer, stop_ids: tuple[in
             first.setdefault("token", now)
             if token in stop_ids:
                 if tail := detokenizer.flush():
-                    yield TextDelta(tail, now)
+                    yield ReplyText(tail, now)
                 yield ReplyEnded("stop", tuple(reply), final_timings(now), now)
                 return
             reply.append(token)
             if special.is_audio(token):
                 first.setdefault("speech", now)
                 counts["speech"] += 1
-                yield SpeechTokens((token - special.audio_offset,), now)
+                yield ReplySpeech((token - special.audio_offset,), now)
             elif not tokenizer.is_special(token):
                 counts["text"] += 1
                 if text := detokenizer.push(token):
                     first.setdefault("text", now)
-                    yield TextDelta(text, now)
+                    yield ReplyText(text, now)
     except VoicechatError as error:
         now = clock()
         yield ReplyFailed(error, tuple(reply), final_timings(now), now)
         return
     now = clock()
     if tail := detokenizer.flush():
-        yield TextDelta(tail, now)
+        yield ReplyText(tail, now)
     if cancel is not None and cancel.is_set():
         reason: Literal["stop", "length", "cancelled"] = "cancelled"
     else:
