@@ -228,10 +228,10 @@ def _random_tensor(name: str, size: tuple[int, ...], generator: Any) -> Any:
     if name.endswith("inv_freq"):
         rotary = 2 * size[0]  # ChatGLM rotates half of each head: inv_freq over that half
         return (1.0 / (10000.0 ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))).to(torch.bfloat16)
+    noise = torch.randn(size, generator=generator, dtype=torch.bfloat16)  # no float32 copy in memory
     if name.endswith("layernorm.weight"):
-        return (1.0 + 0.1 * torch.randn(size, generator=generator)).to(torch.bfloat16)
-    scale = 0.02 if name.endswith("weight") else 0.1
-    return (scale * torch.randn(size, generator=generator)).to(torch.bfloat16)
+        return noise.mul_(0.1).add_(1.0)
+    return noise.mul_(0.02 if name.endswith("weight") else 0.1)
 
 
 def _write_shards(folder: Path, shape: LMShape, generator: Any) -> None:
