@@ -180,6 +180,24 @@ def test_cancelling_a_remote_stream_ends_it(tokenizer: GlmTextTokenizer, prompt:
     assert len(received) == 2
 
 
+class FailingBackendDouble:
+    """Test double of an LM backend whose generation fails after one token."""
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event) -> Iterator[int]:
+        yield 5
+        raise BackendError("the GPU fell off the bus")
+
+    def close(self) -> None:
+        pass
+
+
+def test_server_reports_a_failed_generation_with_the_protocol_error_line(tokenizer: GlmTextTokenizer,
+                                                                         prompt: list[int]) -> None:
+    for url in serve(LMServer(FailingBackendDouble(), tokenizer, "127.0.0.1", 0)):
+        with pytest.raises(BackendError, match="Server Error"):
+            list(GlmServerBackend(url, tokenizer, FAST).stream(prompt, greedy(5), threading.Event()))
+
+
 @pytest.mark.slow
 def test_voicechat_serve_command_serves_the_tiny_model(tiny_lm: Path, tokenizer: GlmTextTokenizer,
                                                        local: LocalBackend, prompt: list[int], tmp_path: Path) -> None:

@@ -105,20 +105,25 @@ class _Handler(BaseHTTPRequestHandler):
         cancel = threading.Event()
         tokens = self.server.backend.stream(ids, params, cancel)
         try:
-            for token in tokens:
-                self._chunk({"token_id": token, "error_code": 0})
+            self._send_tokens(tokens)
+            self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             cancel.set()  # the client went away: stop generating for it
             self.close_connection = True
-            return
-        except Exception as error:  # noqa: BLE001 - the protocol's error line, as the reference does
-            log.warning("generation failed: %s", error, exc_info=not isinstance(error, VoicechatError))
-            self._chunk({"text": "Server Error", "error_code": 1})
         finally:
             close = getattr(tokens, "close", None)
             if close:
                 close()
-        self.wfile.write(b"0\r\n\r\n")
+
+    def _send_tokens(self, tokens: Any) -> None:
+        try:
+            for token in tokens:
+                self._chunk({"token_id": token, "error_code": 0})
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as error:  # noqa: BLE001 - the protocol's error line, as the reference sends
+            log.warning("generation failed: %s", error, exc_info=not isinstance(error, VoicechatError))
+            self._chunk({"text": "Server Error", "error_code": 1})
 
     def _chunk(self, message: dict[str, Any]) -> None:
         data = json.dumps(message).encode() + b"\n"
