@@ -234,6 +234,11 @@ class WhisperVQEncoder(nn.Module):
     def forward(self, features: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(B, n_mels, frames) features and (B, frames) mask of real frames -> (B, tokens) ids and
         the (B, tokens) mask of tokens that start on real audio (the reference keeps only those)."""
+        states, valid = self.hidden_states(features, frame_mask)
+        return self.nearest_codes(states), valid
+
+    def hidden_states(self, features: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The (B, tokens, D) states that enter the quantiser, and the mask of real tokens."""
         config = self.config
         x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
@@ -248,7 +253,7 @@ class WhisperVQEncoder(nn.Module):
                 valid = valid[:, :: config.pooling_kernel_size]
                 block = block // config.pooling_kernel_size if block else None
                 mask = self._attention_mask(valid, block)
-        return self.nearest_codes(x), valid
+        return x, valid
 
     def nearest_codes(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T) index of the nearest codebook vector, computed in float32 with the

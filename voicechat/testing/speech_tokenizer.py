@@ -129,8 +129,10 @@ def write_checkpoint(folder: Path, config: dict, seed: int) -> None:
 
 
 def random_state_dict(config: WhisperVQConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Every tensor of the published layout, drawn so that tokens depend on the audio: sinusoidal
-    positions (as the reference initialises them), unit-scale codebook, non-trivial norms and biases."""
+    """Every tensor of the published layout, drawn so that the tokens follow the audio: unit-gain
+    weights, sinusoidal positions (the reference's initialisation), non-trivial norms and biases, and
+    a codebook spread around the states that synthetic speech produces at the quantiser (a codebook
+    drawn blindly would let a handful of codes near the states' common offset win everywhere)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in WhisperVQEncoder(config).state_dict().items()}
@@ -142,20 +144,61 @@ def random_state_dict(config: WhisperVQConfig, seed: int) -> dict[str, torch.Ten
     for name, shape in shapes.items():
         if name == "embed_positions.weight":
             state[name] = sinusoids(*shape)
-        elif name == "codebook.weight":
-            state[name] = normal(shape, 1.0)
-        elif name in ("ema_count", "ema_weight"):
-            continue  # filled from the codebook below
         elif "layer_norm" in name:
             state[name] = normal(shape, 0.1, 1.0 if name.endswith("weight") else 0.0)
         elif name.endswith("bias"):
             state[name] = normal(shape, 0.05)
-        else:
+        elif name.endswith("proj.weight") or name.endswith("fc1.weight") or name.endswith("fc2.weight") or (
+            name.startswith("conv")
+        ):
+            state[name] = normal(shape, math.prod(shape[1:]) ** -0.5)
+        else:  # codebook (replaced below), second positions
             state[name] = normal(shape, 0.02)
+    state["codebook.weight"] = _codebook_around_states(config, state, generator)
     if "ema_count" in shapes:
         state["ema_count"] = torch.ones(shapes["ema_count"])
         state["ema_weight"] = state["codebook.weight"].clone()
     return {name: state[name] for name in shapes}
+
+
+def _codebook_around_states(config: WhisperVQConfig, state: dict[str, torch.Tensor],
+                            generator: torch.Generator) -> torch.Tensor:
+    """Codes drawn around the per-dimension mean of the quantiser's input for synthetic speech, a
+    quarter of its spread away: the nearest code then depends on where a state deviates."""
+    from transformers import WhisperFeatureExtractor
+
+    with torch.device("meta"):
+        model = WhisperVQEncoder(config)
+    placeholders = {"ema_count": None, "ema_weight": None, "codebook.weight": None}
+    model.load_state_dict(
+        {name: tensor for name, tensor in state.items() if name not in placeholders}
+        | {name: torch.zeros(t.shape) for name, t in model.state_dict().items() if name in placeholders},
+        strict=True, assign=True,
+    )
+    extractor = WhisperFeatureExtractor(**{**PREPROCESSOR_CONFIG, "feature_size": config.num_mel_bins})
+    audio = synthetic_speech(4.0, extractor.sampling_rate)
+    features = extractor(audio, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_features"]
+    frames = min(features.shape[-1], model.max_frames)
+    with torch.inference_mode():
+        states, _ = model.hidden_states(features[..., :frames], torch.ones(1, frames, dtype=torch.bool))
+    states = states.reshape(-1, config.d_model)
+    mean, spread = states.mean(dim=0), states.std(dim=0)
+    shape = (config.quantize_vocab_size or 0, config.d_model)
+    return mean + 0.25 * spread * torch.randn(shape, generator=generator)
+
+
+def synthetic_speech(seconds: float, rate: int) -> "np.ndarray":
+    """A voiced-sounding test signal: harmonics of a gliding pitch in syllable-like bursts over a
+    faint noise floor (recordings are never digitally silent)."""
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    floor = 0.005 * np.random.default_rng(0).standard_normal(t.size)
+    pitch = 130 + 40 * np.sin(2 * np.pi * 0.6 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 16))
+    syllables = np.clip(np.sin(2 * np.pi * 3.0 * t), 0, None) ** 2
+    return (0.2 * voiced * syllables + floor).astype(np.float32)
 
 
 def sinusoids(length: int, channels: int) -> torch.Tensor:
