@@ -225,6 +225,8 @@ class WhisperVQEncoder(nn.Module):
             self.register_buffer("ema_count", torch.ones(config.quantize_vocab_size))
             self.register_buffer("ema_weight", torch.zeros(config.quantize_vocab_size, dim))
         self._block_masks: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._norms_key: tuple | None = None
+        self._norms = torch.empty(0)
 
     @property
     def max_frames(self) -> int:
@@ -260,9 +262,18 @@ class WhisperVQEncoder(nn.Module):
         reference's expansion |c|² + |x|² − 2·x·c so that near-ties resolve the same way."""
         flat = x.reshape(-1, x.shape[-1]).float()
         codebook = self.codebook.weight.float()
-        squares = (codebook**2).sum(dim=1) + (flat**2).sum(dim=1, keepdim=True)
+        squares = self._codebook_norms() + (flat**2).sum(dim=1, keepdim=True)
         distances = torch.addmm(squares, flat, codebook.t(), beta=1.0, alpha=-2.0)
         return distances.argmin(dim=1).view(x.shape[:-1])
+
+    def _codebook_norms(self) -> Tensor:
+        """|c|² per code, recomputed only when the codebook tensor changes (it is 21M values)."""
+        weight = self.codebook.weight
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        if self._norms_key != key:
+            self._norms = (weight.float() ** 2).sum(dim=1)
+            self._norms_key = key
+        return self._norms
 
     def quantized_states(self, token_ids: Tensor) -> Tensor:
         """(B, T) ids -> the encoder's output after the quantiser: codebook vectors plus the second
