@@ -281,6 +281,7 @@ def test_empty_audio_gives_no_tokens_and_a_blip_gives_one(tiny_tokenizer) -> Non
 @pytest.mark.parametrize("samples, rate, message", [
     (np.full(1000, np.nan, np.float32), RATE, "NaN or infinite"),
     (np.zeros((10, 2, 2), np.float32), RATE, "shaped"),
+    (np.zeros((10, 0), np.float32), RATE, "shaped"),
     (np.array(["a", "b"]), RATE, "shaped"),
     (np.zeros(1000, np.float32), 0, "invalid sample rate"),
 ])

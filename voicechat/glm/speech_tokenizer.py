@@ -101,7 +101,7 @@ class SpeechTokenizer:
     def prepare(self, samples: np.ndarray, rate: int) -> np.ndarray:
         """Channel 0, resampled to the model rate, float32; rejects what cannot be audio."""
         samples = np.asarray(samples)
-        if samples.ndim == 2:
+        if samples.ndim == 2 and samples.shape[1] > 0:
             samples = samples[:, 0]
         if samples.ndim != 1 or not (np.issubdtype(samples.dtype, np.floating) or samples.dtype == np.int16):
             raise AudioError(f"expected 16-bit or float audio shaped (frames,) or (frames, channels), got "

@@ -5,7 +5,7 @@ The published tokenizer (THUDM/glm-4-voice-tokenizer, architecture "WhisperVQEnc
     log-mel (B, n_mels, frames)
       -> conv1 (kernel 3, stride 1) -> GELU -> conv2 (kernel 3, stride 2) -> GELU
          (causal convolutions pad two frames on the left only)
-      -> + learned positions
+      -> + positional embedding (Whisper's sinusoids in the published weights)
       -> pre-norm transformer layers; a frame attends to every earlier frame and to the whole of its
          block (block-causal), never to padding
       -> average pooling (kernel 4) after layer `pooling_position`, block size divided by 4
@@ -92,7 +92,7 @@ class WhisperVQConfig:
     def _validate(self, source: str) -> None:
         problem = None
         sizes = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
-                 "max_source_positions", "quantize_vocab_size", "pooling_kernel_size")
+                 "max_source_positions", "quantize_vocab_size", "pooling_kernel_size", "quantize_causal_block_size")
         zero = [name for name in sizes if getattr(self, name) == 0]
         if zero:
             problem = f"{zero[0]} must be at least 1"
@@ -109,6 +109,8 @@ class WhisperVQConfig:
                 problem = f"unsupported pooling_type {self.pooling_type!r}"
             elif not 1 <= self.pooling_position <= self.quantize_position:
                 problem = f"pooling_position {self.pooling_position} is outside 1-{self.quantize_position}"
+            elif self.quantize_causal_block_size and self.quantize_causal_block_size < self.pooling_kernel_size:
+                problem = "quantize_causal_block_size is smaller than pooling_kernel_size"
         if problem:
             raise ModelError(f"{source}: {problem}")
 
@@ -224,7 +226,7 @@ class WhisperVQEncoder(nn.Module):
             # the quantiser's training statistics: part of the published file, unused here
             self.register_buffer("ema_count", torch.ones(config.quantize_vocab_size))
             self.register_buffer("ema_weight", torch.zeros(config.quantize_vocab_size, dim))
-        self._block_masks: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._block_masks: dict[tuple[int, torch.device], Tensor] = {}
         self._norms_key: tuple | None = None
         self._norms = torch.empty(0)
 
@@ -304,10 +306,9 @@ class WhisperVQEncoder(nn.Module):
     def _block_causal(self, block: int, device: torch.device) -> Tensor:
         """(max_positions, max_positions) mask: earlier frames plus the frame's whole block. Built
         once per block size and device; shorter inputs use its top-left corner."""
-        key = (self.max_frames, block, device)
+        key = (block, device)
         if key not in self._block_masks:
-            size = self.max_frames // 2
-            index = torch.arange(size, device=device)
+            index = torch.arange(self.config.max_source_positions, device=device)
             self._block_masks[key] = (index[None, :] <= index[:, None]) | (
                 index[None, :] // block == index[:, None] // block
             )
