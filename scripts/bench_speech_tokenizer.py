@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -39,6 +40,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.model or _random_full_size(Path(scratch))
         report = bench(folder, args)
+    report["load_average_at_end"] = round(os.getloadavg()[0], 2)
     report["model"] = str(args.model) if args.model else "random full-size (generated)"
     print(json.dumps(report, indent=2))
     return 0
@@ -67,6 +69,8 @@ def bench(folder: Path, args: argparse.Namespace) -> dict:
         "device_name": torch.cuda.get_device_name(tokenizer.device) if tokenizer.device.type == "cuda" else platform.processor() or platform.machine(),
         "dtype": str(tokenizer.model.conv1.weight.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
+        "load_average_at_start": round(os.getloadavg()[0], 2),
         "parameters": sum(p.numel() for p in tokenizer.model.parameters()),
         "load_seconds": round(loaded - started, 3),
         "warm_up_seconds": round(warmed - loaded, 3),
