@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from voicechat.config import Config
-from voicechat.errors import ModelError
 
 HELP = "print the GLM-4-Voice speech tokens (12.5 per second) of an audio file and the time taken"
 
@@ -22,11 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.audio.files import read_audio
     from voicechat.glm.speech_tokenizer import SpeechTokenizer
+    from voicechat.models import resolve_model
 
     samples, rate = read_audio(args.audio)  # a bad file fails before the model loads
     spec = config.models.speech_tokenizer
     started = time.perf_counter()
-    tokenizer = SpeechTokenizer.from_pretrained(model_folder(config), spec.device, spec.dtype)
+    tokenizer = SpeechTokenizer.from_pretrained(resolve_model("speech_tokenizer", config), spec.device, spec.dtype)
     loaded = time.perf_counter()
     tokens = tokenizer.tokenize(samples, rate)
     finished = time.perf_counter()
@@ -49,11 +49,3 @@ def run(args: argparse.Namespace, config: Config) -> int:
               f"(model loaded in {loaded - started:.2f} s; {tokenizer.device}, {dtype})")
     return 0
 
-
-def model_folder(config: Config) -> Path:
-    source = config.models.speech_tokenizer.source
-    path = config.resolve_path(source)
-    if not path.is_dir():
-        raise ModelError(f"speech tokenizer {source!r} is not a local folder; set models.speech_tokenizer.source "
-                         "to the folder that holds its config.json and model.safetensors")
-    return path
