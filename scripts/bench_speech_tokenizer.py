@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, metavar="DIR", help="tokenizer folder (default: write a random full-size one)")
+    parser.add_argument("--model", type=Path, metavar="DIR",
+                        help="tokenizer folder (default: write a random full-size one)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--seconds", type=float, nargs="+", default=[2.0, 5.0, 15.0])
@@ -66,7 +67,7 @@ def bench(folder: Path, args: argparse.Namespace) -> dict:
     rate = tokenizer.sample_rate
     report: dict = {
         "device": str(tokenizer.device),
-        "device_name": torch.cuda.get_device_name(tokenizer.device) if tokenizer.device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": _device_name(tokenizer.device),
         "dtype": str(tokenizer.model.conv1.weight.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "cpu_cores": os.cpu_count(),
@@ -106,6 +107,17 @@ def bench(folder: Path, args: argparse.Namespace) -> dict:
             "audio_seconds_per_second": round(5.0 * args.batch / elapsed, 2),
         }
     return report
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _sync(device) -> None:

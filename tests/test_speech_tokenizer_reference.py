@@ -138,7 +138,8 @@ def test_independent_forward_pass_gives_the_same_tokens(variant: str, tmp_path: 
     for audio in utterances:
         tokens, hidden = reference.tokens(audio)
         expected.append(tokens)
-        assert len(tokens) == sum(math.ceil(len(audio[s : s + 30 * RATE]) / 1280) for s in range(0, len(audio), 30 * RATE))
+        windows = [audio[start : start + 30 * RATE] for start in range(0, len(audio), 30 * RATE)]
+        assert len(tokens) == sum(math.ceil(len(window) / 1280) for window in windows)
         assert ours.tokenize(audio, RATE) == tokens
         if len(audio) <= 30 * RATE:  # one window: the second positions run over all its tokens
             with torch.inference_mode():

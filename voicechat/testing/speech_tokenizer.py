@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from voicechat.glm.whisper_vq import WhisperVQConfig, WhisperVQEncoder
@@ -148,17 +149,15 @@ def random_state_dict(config: WhisperVQConfig, seed: int) -> dict[str, torch.Ten
             state[name] = normal(shape, 0.1, 1.0 if name.endswith("weight") else 0.0)
         elif name.endswith("bias"):
             state[name] = normal(shape, 0.05)
-        elif name.endswith("proj.weight") or name.endswith("fc1.weight") or name.endswith("fc2.weight") or (
-            name.startswith("conv")
-        ):
+        elif name.startswith(("conv", "layers.")):  # convolution and projection weights
             state[name] = normal(shape, math.prod(shape[1:]) ** -0.5)
-        else:  # codebook (replaced below), second positions
+        else:  # codebook (drawn again below), second positions, quantiser statistics
             state[name] = normal(shape, 0.02)
     state["codebook.weight"] = _codebook_around_states(config, state, generator)
     if "ema_count" in shapes:
         state["ema_count"] = torch.ones(shapes["ema_count"])
         state["ema_weight"] = state["codebook.weight"].clone()
-    return {name: state[name] for name in shapes}
+    return state
 
 
 def _codebook_around_states(config: WhisperVQConfig, state: dict[str, torch.Tensor],
@@ -169,12 +168,7 @@ def _codebook_around_states(config: WhisperVQConfig, state: dict[str, torch.Tens
 
     with torch.device("meta"):
         model = WhisperVQEncoder(config)
-    placeholders = {"ema_count": None, "ema_weight": None, "codebook.weight": None}
-    model.load_state_dict(
-        {name: tensor for name, tensor in state.items() if name not in placeholders}
-        | {name: torch.zeros(t.shape) for name, t in model.state_dict().items() if name in placeholders},
-        strict=True, assign=True,
-    )
+    model.load_state_dict(state, strict=True, assign=True)
     extractor = WhisperFeatureExtractor(**{**PREPROCESSOR_CONFIG, "feature_size": config.num_mel_bins})
     audio = synthetic_speech(4.0, extractor.sampling_rate)
     features = extractor(audio, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_features"]
@@ -183,15 +177,12 @@ def _codebook_around_states(config: WhisperVQConfig, state: dict[str, torch.Tens
         states, _ = model.hidden_states(features[..., :frames], torch.ones(1, frames, dtype=torch.bool))
     states = states.reshape(-1, config.d_model)
     mean, spread = states.mean(dim=0), states.std(dim=0)
-    shape = (config.quantize_vocab_size or 0, config.d_model)
-    return mean + 0.25 * spread * torch.randn(shape, generator=generator)
+    return mean + 0.25 * spread * torch.randn(tuple(state["codebook.weight"].shape), generator=generator)
 
 
-def synthetic_speech(seconds: float, rate: int) -> "np.ndarray":
+def synthetic_speech(seconds: float, rate: int) -> np.ndarray:
     """A voiced-sounding test signal: harmonics of a gliding pitch in syllable-like bursts over a
     faint noise floor (recordings are never digitally silent)."""
-    import numpy as np
-
     t = np.arange(int(seconds * rate)) / rate
     floor = 0.005 * np.random.default_rng(0).standard_normal(t.size)
     pitch = 130 + 40 * np.sin(2 * np.pi * 0.6 * t)
