@@ -21,6 +21,7 @@ from voicechat.errors import VoicechatError
 COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
+    "serve": "serve",
     "tokenize": "tokenize",
 }
 
