@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
     "serve": "serve",
+    "tokenize": "tokenize",
 }
 
 EXIT_USER_ERROR = 2
