@@ -21,6 +21,8 @@ from voicechat.errors import VoicechatError
 COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
+    "serve": "serve",
+    "tokenize": "tokenize",
     "devices": "devices",
     "mic-test": "mic_test",
     "vad": "vad",

@@ -17,7 +17,10 @@ import yaml
 Size = Literal["tiny", "full"]
 
 # module name in voicechat.testing -> what it writes; each model issue adds its writer here
-WRITERS: dict[str, str] = {}
+WRITERS: dict[str, str] = {
+    "lm": "GLM-4-Voice-9B language model and text tokenizer",
+    "speech_tokenizer": "GLM-4-Voice speech tokenizer (WhisperVQ)",
+}
 
 
 def generate(out_dir: Path, size: Size = "tiny", seed: int = 0,
