@@ -6,6 +6,7 @@ import queue
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ def test_question_spoken_into_the_microphone_comes_out_as_one_utterance(pulse):
     score, offset = best_match(audio, spoken)
     assert score > 0.99
     assert offset <= AudioConfig().vad.preroll_ms / 1000 * RATE + 480  # the first syllable is not clipped
+    assert abs(utterance.t - time.monotonic()) < 2.0  # live events are on the monotonic clock
     assert listener.capture is None
 
 
