@@ -19,6 +19,8 @@ from voicechat.errors import VoicechatError
 
 # name -> module under voicechat.commands; order is the order shown in --help
 COMMANDS: dict[str, str] = {
+    "chat": "chat",
+    "ask": "ask",
     "doctor": "doctor",
     "models": "models",
     "serve": "serve",
