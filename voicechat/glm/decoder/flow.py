@@ -9,12 +9,17 @@ with ``load_state_dict(strict=True)``. Inference only: batch of one, no padding 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from voicechat.glm.decoder.config import EncoderConfig, EstimatorConfig, FlowConfig
+
+
+class DecodingCancelled(Exception):
+    """Raised between solver steps when the caller's cancel event is set."""
 
 
 def frames_for_tokens(n_tokens: int, input_frame_rate: float = 12.5, sample_rate: int = 22050,
@@ -328,7 +333,8 @@ class ConditionalCFM(nn.Module):
         self.cfg_rate = config.inference_cfg_rate
         self.estimator = ConditionalDecoder(config.estimator)
 
-    def forward(self, noise: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, noise: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+                cancel: threading.Event | None = None) -> torch.Tensor:
         t_span = torch.linspace(0, 1, self.n_timesteps + 1, device=mu.device)
         t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)  # cosine schedule: small steps first
         x = noise
@@ -339,6 +345,8 @@ class ConditionalCFM(nn.Module):
             spks = torch.cat([spks, torch.zeros_like(spks)])
             cond = torch.cat([cond, torch.zeros_like(cond)])
         for step in range(1, len(t_span)):
+            if cancel is not None and cancel.is_set():
+                raise DecodingCancelled
             if guided:
                 velocity, unconditional = self.estimator(torch.cat([x, x]), mu, t, spks, cond).chunk(2)
                 velocity = (1.0 + self.cfg_rate) * velocity - self.cfg_rate * unconditional
@@ -367,13 +375,15 @@ class MaskedDiffWithXvec(nn.Module):
         self.decoder = ConditionalCFM(config)
         self.length_regulator = InterpolateRegulator(config.regulator_channels, config.regulator_layers)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def inference(self, tokens: torch.Tensor, n_frames: int, noise: torch.Tensor,
-                  cond: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> torch.Tensor:
+                  cond: torch.Tensor | None = None, embedding: torch.Tensor | None = None,
+                  cancel: threading.Event | None = None) -> torch.Tensor:
         """Mel for all of ``tokens`` (1, T): (1, mel_bins, n_frames).
 
         ``noise`` (1, mel_bins, n_frames) is the solver's starting point; ``cond`` holds prompt mel
         where known and zeros elsewhere; ``embedding`` is a speaker vector (zeros when None).
+        Raises DecodingCancelled between solver steps once ``cancel`` is set.
         """
         dtype = self.spk_embed_affine_layer.weight.dtype
         if embedding is None:
@@ -383,4 +393,4 @@ class MaskedDiffWithXvec(nn.Module):
         mu = self.length_regulator(self.encoder_proj(h), n_frames)
         if cond is None:
             cond = torch.zeros_like(mu)
-        return self.decoder(noise.to(dtype), mu, spks, cond.to(dtype))
+        return self.decoder(noise.to(dtype), mu, spks, cond.to(dtype), cancel)

@@ -195,7 +195,7 @@ class HiFTGenerator(nn.Module):
         spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
         return torch.istft(spec, c.n_fft, c.hop_len, c.n_fft, window=self.stft_window)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, mel: torch.Tensor, excitation: torch.Tensor) -> torch.Tensor:
         """mel (1, bins, T) and excitation (1, 1, T * samples_per_frame) -> audio (1, samples), float32."""
         c = self.config
