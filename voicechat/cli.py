@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
     "devices": "devices",
+    "detokenize": "detokenize",
 }
 
 EXIT_USER_ERROR = 2

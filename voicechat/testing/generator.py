@@ -17,7 +17,9 @@ import yaml
 Size = Literal["tiny", "full"]
 
 # module name in voicechat.testing -> what it writes; each model issue adds its writer here
-WRITERS: dict[str, str] = {}
+WRITERS: dict[str, str] = {
+    "decoder": "GLM-4-Voice speech decoder (flow + HiFT)",
+}
 
 
 def generate(out_dir: Path, size: Size = "tiny", seed: int = 0,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from voicechat.config import DecoderConfig
 from voicechat.errors import ModelError
 from voicechat.glm.decoder.config import DecoderFiles, load_decoder_config
 from voicechat.glm.decoder.flow import MaskedDiffWithXvec, frames_for_tokens
@@ -117,11 +118,11 @@ class SpeechDecoder:
         audio, _ = self.vocode(mel, f0, 0.0, phases, noise.sine(0, mel.shape[-1] * self.samples_per_frame))
         return audio[0].cpu().numpy()
 
-    def session(self, chunk_schedule: Sequence[int] = (10, 25, 50, 100), seed: int = 42, **options):
+    def session(self, config: DecoderConfig = DecoderConfig(), cancel: threading.Event | None = None):
         """A streaming session for one reply; see DecoderSession."""
         from voicechat.glm.decoder.session import DecoderSession
 
-        return DecoderSession(self, chunk_schedule, seed, **options)
+        return DecoderSession(self, config, cancel)
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import torch
 
+from voicechat.config import DecoderConfig
+from voicechat.errors import ConfigError
 from voicechat.glm.decoder.flow import DecodingCancelled
 
 if TYPE_CHECKING:
@@ -45,17 +47,17 @@ def crossfade_weights(length: int) -> torch.Tensor:
 class DecoderSession:
     """Per-reply streaming state. Not thread-safe; ``cancel`` may be set from any thread."""
 
-    def __init__(self, decoder: "SpeechDecoder", chunk_schedule: Sequence[int] = (10, 25, 50, 100),
-                 seed: int = 42, overlap_frames: int = 20, context_tokens: int = 30,
+    def __init__(self, decoder: "SpeechDecoder", config: DecoderConfig = DecoderConfig(),
                  cancel: threading.Event | None = None):
-        if not chunk_schedule or any(int(n) < 1 for n in chunk_schedule):
-            raise ValueError("chunk_schedule must be a non-empty list of positive token counts")
+        if not config.chunk_schedule or any(n < 1 for n in config.chunk_schedule):
+            raise ConfigError("decoder.chunk_schedule: expected a list of positive speech-token counts, "
+                              f"got {list(config.chunk_schedule)}")
         self.decoder = decoder
-        self.schedule = tuple(int(n) for n in chunk_schedule)
-        self.overlap = max(0, int(overlap_frames))
-        self.context_tokens = max(0, int(context_tokens))
+        self.schedule = tuple(config.chunk_schedule)
+        self.overlap = config.overlap_frames
+        self.context_tokens = config.context_tokens
         self.cancel_event = cancel or threading.Event()
-        self.noise = decoder.noise(seed)
+        self.noise = decoder.noise(config.seed)
         self.block_size = decoder.files.flow.encoder.block_size
         self.finished = False
         self.chunks = 0
