@@ -21,7 +21,6 @@ from voicechat.errors import VoicechatError
 COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
-    "devices": "devices",
     "detokenize": "detokenize",
 }
 

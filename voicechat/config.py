@@ -305,6 +305,9 @@ def _build(cls: type, data: Any, label: str, where: str) -> Any:
         if key not in fields:
             raise ConfigError(f"{label}: {dotted}: unknown key{_suggest(key, fields)}")
         values[key] = _convert(hints[key], value, fields[key], label, dotted, cls)
+    for name, spec in fields.items():
+        if name not in values and spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{label}: {where}.{name}: required key is missing")
     return cls(**values)
 
 
@@ -354,6 +357,8 @@ def _scalar(hint: Any, value: Any, spec: dataclasses.Field, label: str, dotted: 
         (inner,) = [a for a in args if a is not type(None)]
         return _scalar(inner, value, spec, label, dotted)
     if origin is Literal:
+        if value is False and "off" in args:
+            value = "off"  # YAML 1.1 reads a bare `off` as false
         if value in args and not isinstance(value, bool):
             return value
         raise ConfigError(

@@ -1,0 +1,211 @@
+"""The conversation screen, driven through Pilot with a recording stand-in for the engine side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from textual.widgets import DataTable, Input
+
+from voicechat.config import Config
+from voicechat.events import (
+    AudioChunk, Event, LoadProgress, MicLevel, PromptReady, Retrieved, Source, StageFailed, StateChanged,
+    TextDelta, TurnFinished, TurnStarted, TurnTimings,
+)
+from voicechat.tui.app import VoicechatApp
+from voicechat.tui.screens.config_view import ConfigScreen
+from voicechat.tui.screens.devices import DeviceChoice, DevicePicker
+from voicechat.tui.screens.help import HelpScreen
+from voicechat.tui.widgets.conversation import AssistantTurn, UserTurn
+from voicechat.tui.widgets.status_bar import StatusBar
+from voicechat.tui.widgets.timings import TimingsPanel
+
+
+class RecordingControl:
+    """Test double for the engine side: records the app's commands, emits events on request."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.emit: Callable[[Event], None] | None = None
+
+    def start(self, emit: Callable[[Event], None]) -> None:
+        self.emit = emit
+
+    def __getattr__(self, name: str):
+        if name.startswith(("ask_", "set_", "push_", "interrupt", "use_", "close")):
+            return lambda *args: self.calls.append((name, *args))
+        raise AttributeError(name)
+
+    def input_devices(self) -> list[DeviceChoice]:
+        return [DeviceChoice(0, "Built-in microphone", True), DeviceChoice(3, "USB headset", False)]
+
+    def transcript(self) -> str:
+        return "# transcript\n"
+
+
+def sources() -> tuple[Source, ...]:
+    return (Source(1, 0.81, "tea-brewing.html", "Green tea", (5, 7), "Green tea is best brewed at 70-80 °C.", True),
+            Source(2, 0.42, "solar-system.txt", "", (1, 3), "The Solar System formed 4.6 billion years ago.", False))
+
+
+def a_turn(t0: float = 100.0) -> list[Event]:
+    audio = (np.sin(np.linspace(0, 300, 32000)) * 0.3).astype(np.float32)
+    return [
+        TurnStarted(turn=1, question=None, audio=audio, speech_end_t=t0, mode="e2e", voice="default", t=t0 + 0.3),
+        Retrieved(started=t0 + 0.3, mode="e2e", round=1, sources=sources(), t=t0 + 0.35),
+        PromptReady(tokens=312, t=t0 + 0.36),
+        TextDelta(text="Brew green tea ", t=t0 + 0.5),
+        TextDelta(text="at 70 to 80 degrees.", t=t0 + 0.6),
+        AudioChunk(samples=np.zeros(1764, np.float32), rate=22050, t=t0 + 0.9),
+    ]
+
+
+@pytest.fixture
+def control() -> RecordingControl:
+    return RecordingControl()
+
+
+async def emit_all(app: VoicechatApp, control: RecordingControl, events: list[Event], pilot) -> None:
+    for event in events:
+        control.emit(event)
+    await pilot.pause()
+
+
+async def test_a_spoken_turn_shows_question_reply_sources_and_timings(control: RecordingControl, tmp_path: Path) -> None:
+    app = VoicechatApp(Config(), control, save_dir=tmp_path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause()
+        events = a_turn()
+        timings = TurnTimings.from_events(events, end_t=101.5)
+        await emit_all(app, control, events + [TurnFinished(turn=1, reply_text="", interrupted=False, timings=timings)], pilot)
+        user = app.query_one(UserTurn)
+        assert user.seconds == pytest.approx(2.0)
+        reply = app.query_one(AssistantTurn)
+        assert reply.text == "Brew green tea at 70 to 80 degrees."
+        assert not reply.interrupted
+        table = app.query_one(DataTable)
+        assert table.row_count == 2
+        assert [str(c) for c in table.get_row_at(0)[:4]] == ["1", "0.810", "✔", "tea-brewing.html:5-7"]
+        panel = app.query_one(TimingsPanel)
+        assert panel.history[-1].first_audio_ms == pytest.approx(900)
+        assert panel.history[-1].prompt_tokens == 312
+
+
+async def test_interrupted_reply_is_marked(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await emit_all(app, control, a_turn()[:4] + [TurnFinished(turn=1, reply_text="x", interrupted=True,
+                                                                 timings=TurnTimings())], pilot)
+        reply = app.query_one(AssistantTurn)
+        assert reply.interrupted and reply.has_class("interrupted")
+
+
+async def test_typed_question_is_sent_and_the_box_cleared(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        await pilot.press("slash")
+        await pilot.press(*"how hot for green tea?")
+        await pilot.press("enter")
+        assert ("ask_text", "how hot for green tea?") in control.calls
+        assert app.query_one("#ask", Input).value == ""
+        await pilot.press("m")  # typed into the box, not a command
+        assert ("set_muted", True) not in control.calls
+        await pilot.press("escape")
+        assert ("interrupt",) in control.calls
+        await pilot.press("m")
+        assert ("set_muted", True) in control.calls
+
+
+@pytest.mark.parametrize("key,call,status_field,value", [
+    ("r", ("set_rag", "asr"), "rag", "asr"),
+    ("t", ("set_two_round", "rewrite"), "two_round", "rewrite"),
+    ("v", ("set_voice", "calm"), "voice", "calm"),
+    ("m", ("set_muted", True), "state", "muted"),
+    ("space", ("push_to_talk", True), "state", "hearing"),
+])
+async def test_mode_keys_reach_the_engine_and_the_status_bar(control: RecordingControl, key: str, call: tuple,
+                                                             status_field: str, value: str) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        await pilot.press(key)
+        assert call in control.calls
+        assert getattr(app.query_one(StatusBar).status, status_field) == value
+
+
+async def test_escape_interrupts(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        await pilot.press("escape")
+        assert ("interrupt",) in control.calls
+
+
+async def test_save_transcript_writes_a_file(control: RecordingControl, tmp_path: Path) -> None:
+    app = VoicechatApp(Config(), control, save_dir=tmp_path)
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        await pilot.press("s")
+        saved = list(tmp_path.glob("voicechat-transcript-*.md"))
+        assert len(saved) == 1 and saved[0].read_text() == "# transcript\n"
+
+
+async def test_help_config_and_device_screens(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfigScreen)
+        await pilot.press("escape")
+        await pilot.press("d")
+        assert isinstance(app.screen, DevicePicker)
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert ("use_input_device", 3) in control.calls
+        assert not isinstance(app.screen, DevicePicker)
+
+
+async def test_state_level_and_failure_are_shown(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test() as pilot:
+        await emit_all(app, control, [StateChanged("listening"), MicLevel(0.5)], pilot)
+        await pilot.pause(0.2)
+        status = app.query_one(StatusBar).status
+        assert status.state == "listening" and status.level == 0.5
+        await emit_all(app, control, [StageFailed(stage="lm", message="server gone")], pilot)
+        assert app.query_one(StatusBar).status.state == "error"
+
+
+async def test_loading_screen_follows_progress(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test() as pilot:
+        await emit_all(app, control, [LoadProgress("speech tokenizer", 1, 3)], pilot)
+        assert type(app.screen).__name__ == "LoadingScreen"
+        await emit_all(app, control, [LoadProgress("decoder", 2, 3), LoadProgress("ready", 3, 3)], pilot)
+        assert type(app.screen).__name__ != "LoadingScreen"
+
+
+async def test_quit_closes_the_engine(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        await pilot.press("q")
+    assert ("close",) in control.calls
+
+
+def test_main_screen_snapshot(snap_compare, control: RecordingControl) -> None:
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        events = a_turn()
+        timings = TurnTimings.from_events(events, end_t=101.5)
+        for event in events + [TurnFinished(turn=1, reply_text="", interrupted=False, timings=timings)]:
+            control.emit(event)
+        await pilot.pause()
+
+    assert snap_compare(VoicechatApp(Config(), control), terminal_size=(140, 36), run_before=run_before)

@@ -1,0 +1,99 @@
+"""`voicechat doctor`: is everything in place to talk? Says what to run when it is not."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from dataclasses import dataclass
+
+from voicechat.config import Config
+
+HELP = "check Python, torch, accelerator, audio devices, models and the index"
+
+
+@dataclass(frozen=True)
+class Check:
+    area: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    checks = [*runtime_checks(), audio_check(), *model_checks(config), index_check(config)]
+    if args.json:
+        import json
+
+        print(json.dumps([c.__dict__ for c in checks], indent=2, ensure_ascii=False))
+    else:
+        print(f"config: {config.source}")
+        for check in checks:
+            mark = "ok " if check.ok else ("!! " if check.required else "-- ")
+            print(f"{mark} {check.area:<24} {check.detail}")
+            if not check.ok and check.fix:
+                print(f"    {'':<24} → {check.fix}")
+    return 1 if any(c.required and not c.ok for c in checks) else 0
+
+
+def runtime_checks() -> list[Check]:
+    checks = [Check("python", True, platform.python_version())]
+    try:
+        import torch
+    except ImportError as error:
+        return checks + [Check("torch", False, f"not importable ({error})", "reinstall voicechat")]
+    checks.append(Check("torch", True, torch.__version__))
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
+        checks.append(Check("accelerator", True, f"{name}, {memory:.0f} GiB"))
+    else:
+        checks.append(Check("accelerator", False, "none: models run on the CPU, far slower than real time",
+                            "use a CUDA GPU, or a remote backend (backend.kind: glm-server or openai)",
+                            required=False))
+    return checks
+
+
+def audio_check() -> Check:
+    try:
+        import sounddevice
+    except OSError as error:
+        return Check("audio devices", False, f"PortAudio is not available ({error})",
+                     "install the system package libportaudio2", required=False)
+    try:
+        devices = sounddevice.query_devices()
+    except sounddevice.PortAudioError as error:
+        return Check("audio devices", False, str(error), "start a sound server (PulseAudio/PipeWire)", required=False)
+    inputs = sum(1 for d in devices if d["max_input_channels"] > 0)
+    outputs = sum(1 for d in devices if d["max_output_channels"] > 0)
+    ok = inputs > 0 and outputs > 0
+    return Check("audio devices", ok, f"{inputs} input, {outputs} output",
+                 "" if ok else "connect a microphone and speakers, or type questions in the app",
+                 required=False)
+
+
+def model_checks(config: Config) -> list[Check]:
+    from voicechat import models
+    from voicechat.commands.models import format_size
+
+    checks = []
+    for role in models.needed_roles(config):
+        status = models.model_status(role, getattr(config.models, role), config)
+        detail = f"{status.state}, {format_size(status.size_bytes)}: {status.spec.source}"
+        fix = "" if status.state != "missing" else (
+            f"fix models.{role}.source in the config" if status.kind == "local" else "run `voicechat models pull`")
+        checks.append(Check(models.ROLE_NAMES[role], status.state != "missing", detail, fix))
+    return checks
+
+
+def index_check(config: Config) -> Check:
+    knowledge = config.resolve_path(config.retrieval.knowledge_dir)
+    index_dir = config.resolve_path(config.retrieval.index_dir) if config.retrieval.index_dir else knowledge / ".voicechat-index"
+    required = config.retrieval.rag != "off"
+    if not (index_dir / "manifest.json").is_file():
+        return Check("knowledge index", False, f"no index for {knowledge}", f"run `voicechat index {knowledge}`", required)
+    return Check("knowledge index", True, str(index_dir))

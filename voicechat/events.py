@@ -1,0 +1,156 @@
+"""What the conversation engine tells its drivers (the TUI, `voicechat ask`, the evaluation).
+
+Every event carries a monotonic timestamp ``t``; the per-turn timings are derived from the events
+of that turn (``TurnTimings.from_events``), never measured a second time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float = field(default_factory=time.monotonic, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One retrieved passage as the user sees it."""
+
+    rank: int
+    score: float
+    file: str
+    heading: str
+    lines: tuple[int, int]
+    text: str
+    injected: bool
+
+
+@dataclass(frozen=True)
+class LoadProgress(Event):
+    step: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    state: str  # listening, hearing, thinking, speaking, muted, error
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class MicLevel(Event):
+    level: float  # 0..1, high rate: drivers coalesce it
+
+
+@dataclass(frozen=True)
+class TurnStarted(Event):
+    turn: int
+    question: str | None  # typed text, or None for speech
+    audio: np.ndarray | None = field(repr=False)  # the utterance at 16 kHz, for speech
+    speech_end_t: float | None  # when the user stopped speaking (endpointer's estimate)
+    mode: str
+    voice: str
+
+
+@dataclass(frozen=True)
+class SpeechTokenized(Event):
+    started: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Retrieved(Event):
+    started: float
+    mode: str
+    round: int
+    sources: tuple[Source, ...]
+    query: str | None = None  # the text searched for (asr transcript, rewrite), if any
+
+
+@dataclass(frozen=True)
+class PromptReady(Event):
+    tokens: int
+
+
+@dataclass(frozen=True)
+class TextDelta(Event):
+    text: str
+
+
+@dataclass(frozen=True)
+class SpeechTokens(Event):
+    count: int
+
+
+@dataclass(frozen=True)
+class AudioChunk(Event):
+    samples: np.ndarray = field(repr=False)
+    rate: int
+
+
+@dataclass(frozen=True)
+class StageFailed(Event):
+    stage: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TurnTimings:
+    """Milliseconds from the end of the user's speech, except the stage durations."""
+
+    endpoint_delay_ms: float | None = None
+    tokenize_ms: float | None = None
+    retrieve_ms: float | None = None
+    prompt_tokens: int | None = None
+    first_token_ms: float | None = None
+    first_text_ms: float | None = None
+    first_speech_token_ms: float | None = None
+    first_audio_ms: float | None = None
+    total_ms: float | None = None
+    underruns: int = 0
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event], end_t: float, underruns: int = 0) -> TurnTimings:
+        events = list(events)
+        start = next((e for e in events if isinstance(e, TurnStarted)), None)
+        if start is None:
+            return cls(underruns=underruns)
+        zero = start.speech_end_t if start.speech_end_t is not None else start.t
+
+        def since(kind: type[Event]) -> float | None:
+            first = next((e for e in events if isinstance(e, kind)), None)
+            return None if first is None else (first.t - zero) * 1000
+
+        def duration(kind: type[Event]) -> float | None:
+            first = next((e for e in events if isinstance(e, kind)), None)
+            return None if first is None else (first.t - first.started) * 1000  # type: ignore[attr-defined]
+
+        first_token = min((e.t for e in events if isinstance(e, (TextDelta, SpeechTokens))), default=None)
+        prompt = next((e for e in events if isinstance(e, PromptReady)), None)
+        return cls(
+            endpoint_delay_ms=(start.t - zero) * 1000 if start.speech_end_t is not None else None,
+            tokenize_ms=duration(SpeechTokenized),
+            retrieve_ms=duration(Retrieved),
+            prompt_tokens=prompt.tokens if prompt else None,
+            first_token_ms=None if first_token is None else (first_token - zero) * 1000,
+            first_text_ms=since(TextDelta),
+            first_speech_token_ms=since(SpeechTokens),
+            first_audio_ms=since(AudioChunk),
+            total_ms=(end_t - zero) * 1000,
+            underruns=underruns,
+        )
+
+
+@dataclass(frozen=True)
+class TurnFinished(Event):
+    turn: int
+    reply_text: str
+    interrupted: bool
+    timings: TurnTimings

@@ -1,0 +1,32 @@
+"""The key bindings, read from the app so they can never disagree with it."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def __init__(self, bindings: list[Binding]) -> None:
+        super().__init__()
+        self.app_bindings = bindings
+
+    def compose(self) -> ComposeResult:
+        table = Table(title="voicechat keys", expand=True)
+        table.add_column("key")
+        table.add_column("what it does")
+        for binding in self.app_bindings:
+            table.add_row(binding.key_display or binding.key, binding.description)
+        table.add_row("enter", "send the typed question (in the text box)")
+        with VerticalScroll(classes="dialog"):
+            yield Static(table)
+            yield Static("Speak when the status says LISTENING. Press escape or q to close.", classes="hint")
+
+    def action_dismiss(self) -> None:  # type: ignore[override]
+        self.dismiss()

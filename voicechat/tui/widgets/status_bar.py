@@ -1,0 +1,52 @@
+"""One line: what the assistant is doing, the microphone level and the active modes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from rich.text import Text
+from textual.widgets import Static
+
+STATE_STYLES = {
+    "loading": "yellow",
+    "listening": "green",
+    "hearing": "bold green",
+    "thinking": "yellow",
+    "speaking": "cyan",
+    "muted": "dim",
+    "error": "bold red",
+}
+
+
+@dataclass(frozen=True)
+class Status:
+    state: str = "loading"
+    level: float = 0.0  # 0..1
+    rag: str = "e2e"
+    two_round: str = "off"
+    voice: str = "default"
+    backend: str = "local"
+    detail: str = ""
+
+
+class StatusBar(Static):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.status = Status()
+
+    def set(self, **changes: object) -> None:
+        status = replace(self.status, **changes)
+        if status != self.status:
+            self.status = status
+            self.update(self.status_text())
+
+    def status_text(self) -> Text:
+        s = self.status
+        meter = "▮" * round(10 * min(1.0, max(0.0, s.level)))
+        line = Text()
+        line.append(f" {s.state.upper():<9}", style=STATE_STYLES.get(s.state, ""))
+        line.append(f" mic {meter:<10} ", style="green")
+        line.append(f" rag:{s.rag}  two-round:{s.two_round}  voice:{s.voice}  backend:{s.backend}")
+        if s.detail:
+            line.append(f"  {s.detail}", style="dim")
+        return line

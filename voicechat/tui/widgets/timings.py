@@ -1,0 +1,62 @@
+"""Where the time went: this turn as a waterfall of stages, plus rolling averages."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from voicechat.events import TurnTimings
+
+# (label, field): milestones measured from the end of the user's speech
+MILESTONES = [
+    ("endpoint", "endpoint_delay_ms"),
+    ("first token", "first_token_ms"),
+    ("first text", "first_text_ms"),
+    ("first speech", "first_speech_token_ms"),
+    ("first audio", "first_audio_ms"),
+    ("total", "total_ms"),
+]
+DURATIONS = [("tokenize", "tokenize_ms"), ("retrieve", "retrieve_ms")]
+BAR_WIDTH = 28
+
+
+class TimingsPanel(Static):
+    def __init__(self, history: int = 20, **kwargs: object) -> None:
+        super().__init__("No turn yet.", **kwargs)
+        self.history: deque[TurnTimings] = deque(maxlen=history)
+
+    def show(self, timings: TurnTimings) -> None:
+        self.history.append(timings)
+        self.update(self.timings_table(timings))
+
+    def timings_table(self, timings: TurnTimings) -> Table:
+        table = Table.grid(padding=(0, 1))
+        table.add_column("stage", no_wrap=True, min_width=12)
+        table.add_column("bar", width=BAR_WIDTH)
+        table.add_column("ms", justify="right")
+        table.add_column("avg", justify="right", style="dim")
+        scale = max((v for _, f in MILESTONES + DURATIONS if (v := getattr(timings, f)) is not None), default=1.0)
+        for label, name in DURATIONS + MILESTONES:
+            value = getattr(timings, name)
+            table.add_row(label, self.bar(value, scale), _ms(value), _ms(self.average(name)))
+        if timings.prompt_tokens is not None:
+            table.add_row("prompt", "", f"{timings.prompt_tokens} tok", "")
+        table.add_row("underruns", "", str(timings.underruns), "")
+        return table
+
+    def average(self, name: str) -> float | None:
+        values = [v for t in self.history if (v := getattr(t, name)) is not None]
+        return sum(values) / len(values) if values else None
+
+    @staticmethod
+    def bar(value: float | None, scale: float) -> Text:
+        if value is None or scale <= 0:
+            return Text("")
+        return Text("█" * max(1, round(BAR_WIDTH * value / scale)), style="cyan")
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
