@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from voicechat.config import Config
-from voicechat.errors import ModelError, VoicechatError
+from voicechat.errors import VoicechatError
 
 HELP = "decode a list of GLM-4-Voice speech tokens to a WAV file, streamed chunk by chunk or in one pass"
 
@@ -48,31 +48,19 @@ def read_tokens(path: Path) -> list[int]:
     return data
 
 
-def decoder_folder(config: Config) -> Path:
-    spec = config.models.decoder
-    local = config.resolve_path(spec.source)
-    if local.is_dir():
-        return local
-    try:
-        from voicechat.models import resolve_model
-    except ImportError:
-        raise ModelError(f"decoder {spec.source!r} is not a local folder; set models.decoder.source to the "
-                         "folder that holds config.yaml, flow.pt and hift.pt") from None
-    return resolve_model(spec, config.offline)
-
-
 def run(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
     import torch
 
     from voicechat.audio.files import write_wav
     from voicechat.glm.decoder import SpeechDecoder
+    from voicechat.models import resolve_model
 
     tokens = read_tokens(args.tokens)
     spec = config.models.decoder
     device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = spec.dtype if spec.dtype != "auto" else "float32"
-    decoder = SpeechDecoder.from_pretrained(decoder_folder(config), device=device, dtype=dtype)
+    decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=device, dtype=dtype)
     decoder.check_tokens(tokens)
     if args.whole:
         audio, how = decoder.decode(tokens, seed=config.decoder.seed), "in one pass"
