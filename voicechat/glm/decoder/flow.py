@@ -388,7 +388,7 @@ class MaskedDiffWithXvec(nn.Module):
         dtype = self.spk_embed_affine_layer.weight.dtype
         if embedding is None:
             embedding = torch.zeros(1, self.config.spk_embed_dim, device=tokens.device, dtype=dtype)
-        spks = self.spk_embed_affine_layer(F.normalize(embedding.to(dtype), dim=1))
+        spks = self.spk_embed_affine_layer(F.normalize(embedding.float(), dim=1).to(dtype))  # eps underflows in fp16
         h = self.encoder(self.input_embedding(tokens.clamp(min=0)))
         mu = self.length_regulator(self.encoder_proj(h), n_frames)
         if cond is None:
