@@ -126,7 +126,7 @@ def test_truncated_checkpoint_is_a_model_error(tiny_decoder_folder: Path, tmp_pa
         SpeechDecoder.from_pretrained(folder)
 
 
-def test_pickled_code_is_refused(tiny_decoder_folder: Path, tmp_path: Path) -> None:
+def test_checkpoint_holding_other_objects_than_tensors_is_refused(tiny_decoder_folder: Path, tmp_path: Path) -> None:
     folder = _copy(tiny_decoder_folder, tmp_path)
     torch.save({"weights": Path("/")}, folder / "flow.pt")  # any non-tensor object: weights_only refuses it
     with pytest.raises(ModelError, match="not a readable flow checkpoint"):

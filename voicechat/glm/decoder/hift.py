@@ -120,11 +120,11 @@ def sine_waves(f0: torch.Tensor, config: HiftConfig, start_cycles: float, phases
                noise: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The harmonic sine source (before merging), float32 (harmonics, samples).
 
-    f0: (T,) Hz per mel frame; each frame lasts ``samples_per_frame`` samples. ``start_cycles`` is the
-    fundamental's phase (in cycles) at the first sample minus one sample's advance, as carried over
-    from the frames before; the returned float is that value for the sample after the last one.
-    ``phases``: (harmonics,) random start phases, the fundamental's forced to zero. ``noise``:
-    standard normal (harmonics, samples).
+    f0: (T,) Hz per mel frame, each frame lasting ``samples_per_frame`` samples. ``start_cycles``: the
+    fundamental's phase accumulated before the first sample, in cycles (0 at the start of a reply);
+    the returned float is the phase accumulated through the last sample, for the next piece. The
+    accumulation is in float64, so pieces join seamlessly. ``phases``: (harmonics,) random start
+    phases, the fundamental's forced to zero. ``noise``: standard normal (harmonics, samples).
     """
     hop = config.samples_per_frame
     harmonics = config.nb_harmonics + 1

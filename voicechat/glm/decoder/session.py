@@ -160,7 +160,7 @@ class DecoderSession:
         self._make_final(new[:, :, :new.shape[-1] - hold])
         self._pending = new[:, :, new.shape[-1] - hold:] if hold else None
         self.decoded_tokens = end_token
-        self._forget_before(min(self._context_start(end_token), end_token))
+        self._forget_before(self._context_start(end_token))
 
     def _context_start(self, token: int) -> int:
         """First token of the window whose new tokens start at ``token``: on a block boundary."""
