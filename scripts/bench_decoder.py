@@ -32,7 +32,8 @@ def main() -> int:
     parser.add_argument("--chunks", default="10,25,50,100", help="chunk schedule")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (on a shared 2-core machine, 2 threads ran far slower than 1)")
     args = parser.parse_args()
 
     import numpy as np
@@ -95,6 +96,7 @@ def main() -> int:
         if len(piece) and first_audio_s is None:
             first_audio_s = spent
         if spent > 0.01 or len(piece):
+            print(f"chunk ending at token {count}: {spent:.2f} s", file=sys.stderr)
             chunks.append({
                 "end_token": count,
                 "window_tokens": windows[-1] if windows else 0,

@@ -59,8 +59,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     tokens = read_tokens(args.tokens)
     spec = config.models.decoder
     device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = spec.dtype if spec.dtype != "auto" else "float32"
-    decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=device, dtype=dtype)
+    decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=device, dtype=spec.dtype)
     decoder.check_tokens(tokens)
     if args.whole:
         audio, how = decoder.decode(tokens, seed=config.decoder.seed), "in one pass"

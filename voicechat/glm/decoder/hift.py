@@ -175,7 +175,6 @@ class HiFTGenerator(nn.Module):
         )
         self.conv_post = WNConv1d(base // 2 ** len(self.ups), spec_channels, 7, 1, padding=3)
         self.f0_predictor = ConvRNNF0Predictor(config.in_channels, config.f0_cond_channels)
-        self.register_buffer("stft_window", torch.hann_window(config.n_fft, periodic=True), persistent=False)
 
     def excitation(self, sines: torch.Tensor) -> torch.Tensor:
         """(harmonics, samples) sine source -> (1, 1, samples) merged excitation."""
@@ -183,9 +182,12 @@ class HiFTGenerator(nn.Module):
         bias = self.m_source.l_linear.bias.float()
         return torch.tanh(F.linear(sines.t(), weight, bias)).t().unsqueeze(0)
 
+    def _window(self, device: torch.device) -> torch.Tensor:
+        return torch.hann_window(self.config.n_fft, periodic=True, device=device)  # float32 in every dtype
+
     def _stft(self, signal: torch.Tensor) -> torch.Tensor:
         c = self.config
-        spec = torch.stft(signal, c.n_fft, c.hop_len, c.n_fft, window=self.stft_window, return_complex=True)
+        spec = torch.stft(signal, c.n_fft, c.hop_len, c.n_fft, window=self._window(signal.device), return_complex=True)
         spec = torch.view_as_real(spec)
         return torch.cat([spec[..., 0], spec[..., 1]], dim=1)
 
@@ -193,7 +195,7 @@ class HiFTGenerator(nn.Module):
         c = self.config
         magnitude = torch.clip(magnitude, max=1e2)
         spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-        return torch.istft(spec, c.n_fft, c.hop_len, c.n_fft, window=self.stft_window)
+        return torch.istft(spec, c.n_fft, c.hop_len, c.n_fft, window=self._window(spec.device))
 
     @torch.no_grad()
     def forward(self, mel: torch.Tensor, excitation: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ class SpeechDecoder:
             raise ModelError(f"{folder}: no such decoder folder; it should hold {CONFIG_FILE}, {FLOW_FILE} and {HIFT_FILE}")
         files = load_decoder_config(folder / CONFIG_FILE)
         device = _device(device)
-        dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        dtype = _dtype(dtype)
         flow = _load(MaskedDiffWithXvec(files.flow), folder / FLOW_FILE, "flow")
         hift = _load(HiFTGenerator(files.hift), folder / HIFT_FILE, "HiFT")
         return cls(files, flow.to(device=device, dtype=dtype), hift.to(device=device, dtype=dtype))
@@ -133,6 +133,16 @@ def _device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device} was requested but no CUDA GPU is available; use device 'cpu'")
     return device
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r} for the decoder; use one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def _load(model: nn.Module, path: Path, what: str) -> nn.Module:
