@@ -13,9 +13,10 @@ reference's rounding of n / 12.5 s * 22050 / 256):
    one). The last ``overlap`` frames of this chunk are held back in turn, except at the end.
    Every frame is made final exactly once: none lost, none doubled.
 3. Vocoder over the newly final frames with ``VOCODER_CONTEXT`` frames of final mel on the left and,
-   until the end, ``VOCODER_CONTEXT`` frames held back on the right: HiFT's receptive field is
-   smaller than that, so the samples equal those of a single pass over the whole mel. The sine
-   source's phase is carried across chunks, its noise is drawn by absolute sample.
+   until the end, as many held-back frames on the right: HiFT's receptive field is smaller than
+   that, so the samples equal those of a single pass over the whole mel except for the little the
+   cross-fade later changes in the lookahead. The sine source's phase is carried across chunks, its
+   noise is drawn by absolute sample.
 
 Cost per chunk depends on the chunk size and the fixed context, not on the reply length.
 """
@@ -185,13 +186,16 @@ class DecoderSession:
         self._mel_offset += drop
 
     def _vocode(self, last: bool) -> np.ndarray:
-        """Audio for frames [voiced_end, ready) where ready keeps VOCODER_CONTEXT frames of lookahead."""
+        """Audio for frames [voiced_end, ready): all final frames, with VOCODER_CONTEXT frames of
+        lookahead taken from the held-back frames (they change only by the cross-fade) or, where
+        those are too few, kept back from the final ones."""
         d = self.decoder
-        ready = self.final_end if last else self.final_end - VOCODER_CONTEXT
+        lookahead = self._pending[:, :, :VOCODER_CONTEXT] if self._pending is not None else self._mel[:, :, :0]
+        ready = self.final_end if last else self.final_end - (VOCODER_CONTEXT - lookahead.shape[-1])
         if ready <= self.voiced_end:
             return _empty()
         first = max(self._mel_offset, self.voiced_end - VOCODER_CONTEXT)
-        mel = self._mel[:, :, first - self._mel_offset:self.final_end - self._mel_offset].to(d.device)
+        mel = torch.cat([self._mel[:, :, first - self._mel_offset:], lookahead], dim=-1).to(d.device)
         f0 = d.f0(mel).cpu()
         # frames before voiced_end keep the F0 they had when they were made (the window's left edge
         # sees zero padding); the source's phase starts from the value carried for them
