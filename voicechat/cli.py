@@ -21,6 +21,8 @@ from voicechat.errors import VoicechatError
 COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
+    "serve": "serve",
+    "tokenize": "tokenize",
     "detokenize": "detokenize",
 }
 

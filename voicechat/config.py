@@ -69,6 +69,7 @@ class BackendConfig:
     api_key_env: str | None = None
     connect_timeout_s: float = field(default=5.0, metadata=_range(0.1, 600))
     read_timeout_s: float = field(default=60.0, metadata=_range(0.1, 3600))
+    retries: int = field(default=2, metadata=_range(0, 10))  # attempts before the first token
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class GenerationConfig:
     top_p: float = field(default=0.8, metadata=_range(0.0, 1.0))
     max_new_tokens: int = field(default=2000, metadata=_range(1, 32768))
     context_budget: int = field(default=8192, metadata=_range(256, 131072))
+    # How retrieved passages enter the user turn; None is the study's template (voicechat.glm.prompt).
+    rag_template: str | None = None
+    passage_template: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""GLM-4-Voice: speech tokenizer, language model backends and the speech decoder."""
+"""GLM-4-Voice: text tokenizer, prompt, language-model backends, speech tokenizer and decoder."""
