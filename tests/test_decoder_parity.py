@@ -29,7 +29,7 @@ def parity(shared_reference: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def parity_decoder(parity: Path) -> SpeechDecoder:
-    return SpeechDecoder.from_pretrained(parity)  # strict: every name and shape must match
+    return SpeechDecoder.from_pretrained(parity, device="cpu")  # strict: every name and shape must match
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_generated_tiny_decoder_loads_strictly_and_speaks(tiny_decoder: SpeechDe
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_decodes_close_to_float32(tiny_decoder_folder: Path, tiny_decoder: SpeechDecoder,
                                                  dtype: str) -> None:
-    half = SpeechDecoder.from_pretrained(tiny_decoder_folder, dtype=dtype)
+    half = SpeechDecoder.from_pretrained(tiny_decoder_folder, device="cpu", dtype=dtype)
     tokens = list(range(100, 130))
     mel, reference = half.decode_mel(tokens, half.noise(1)), tiny_decoder.decode_mel(tokens, half.noise(1))
     assert torch.isfinite(mel).all()

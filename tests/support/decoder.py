@@ -19,4 +19,4 @@ def tiny_decoder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_decoder(tiny_decoder_folder: Path):
     from voicechat.glm.decoder import SpeechDecoder
 
-    return SpeechDecoder.from_pretrained(tiny_decoder_folder)
+    return SpeechDecoder.from_pretrained(tiny_decoder_folder, device="cpu")

@@ -50,7 +50,6 @@ def read_tokens(path: Path) -> list[int]:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
-    import torch
 
     from voicechat.audio.files import write_wav
     from voicechat.glm.decoder import SpeechDecoder
@@ -58,8 +57,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     tokens = read_tokens(args.tokens)
     spec = config.models.decoder
-    device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=device, dtype=spec.dtype)
+    decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=spec.device, dtype=spec.dtype)
     decoder.check_tokens(tokens)
     if args.whole:
         audio, how = decoder.decode(tokens, seed=config.decoder.seed), "in one pass"

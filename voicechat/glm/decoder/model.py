@@ -35,8 +35,10 @@ class SpeechDecoder:
         self.dtype = flow.input_embedding.weight.dtype
 
     @classmethod
-    def from_pretrained(cls, folder: Path, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = torch.float32) -> "SpeechDecoder":
+    def from_pretrained(cls, folder: Path, device: str | torch.device = "auto",
+                        dtype: str | torch.dtype = "auto") -> "SpeechDecoder":
+        """Strict load of config.yaml, flow.pt and hift.pt. Device "auto": the GPU if there is one;
+        dtype "auto": float32 (the decoder is small; half precision is available on request)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelError(f"{folder}: no such decoder folder; it should hold {CONFIG_FILE}, {FLOW_FILE} and {HIFT_FILE}")
@@ -126,6 +128,8 @@ class SpeechDecoder:
 
 
 def _device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
