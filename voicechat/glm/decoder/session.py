@@ -24,7 +24,7 @@ Cost per chunk depends on the chunk size and the fixed context, not on the reply
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
