@@ -45,8 +45,10 @@ class SpeechDecoder:
         files = load_decoder_config(folder / CONFIG_FILE)
         device = _device(device)
         dtype = _dtype(dtype)
-        flow = _load(MaskedDiffWithXvec(files.flow), folder / FLOW_FILE, "flow")
-        hift = _load(HiFTGenerator(files.hift), folder / HIFT_FILE, "HiFT")
+        with torch.device("meta"):  # no memory or random init for weights that are loaded next
+            flow, hift = MaskedDiffWithXvec(files.flow), HiFTGenerator(files.hift)
+        flow = _load(flow, folder / FLOW_FILE, "flow")
+        hift = _load(hift, folder / HIFT_FILE, "HiFT")
         return cls(files, flow.to(device=device, dtype=dtype), hift.to(device=device, dtype=dtype))
 
     # --- facts ------------------------------------------------------------------------------------
@@ -174,5 +176,5 @@ def _load(model: nn.Module, path: Path, what: str) -> nn.Module:
             parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} "
                          f"where config.yaml gives {tuple(ours[k].shape)})")
         raise ModelError(f"{path}: the {what} weights do not match config.yaml: {'; '.join(parts)}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
