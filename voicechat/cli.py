@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "models": "models",
     "serve": "serve",
     "tokenize": "tokenize",
+    "detokenize": "detokenize",
     "devices": "devices",
     "mic-test": "mic_test",
     "vad": "vad",

@@ -206,8 +206,14 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    """Streaming speech decoder. chunk_schedule: speech tokens per chunk (the last size repeats);
+    overlap_frames: mel frames held back at a chunk's end and cross-faded into the next chunk;
+    context_tokens: tokens before a chunk re-encoded as its condition (bounds the cost per chunk)."""
+
     chunk_schedule: tuple[int, ...] = (10, 25, 50, 100)
     seed: int = 42
+    overlap_frames: int = field(default=20, metadata=_range(0, 200))
+    context_tokens: int = field(default=30, metadata=_range(0, 500))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ Size = Literal["tiny", "full"]
 WRITERS: dict[str, str] = {
     "lm": "GLM-4-Voice-9B language model and text tokenizer",
     "speech_tokenizer": "GLM-4-Voice speech tokenizer (WhisperVQ)",
+    "decoder": "GLM-4-Voice speech decoder (flow + HiFT)",
 }
 
 
