@@ -307,12 +307,12 @@ class _Turn:
     def answer(self, speech_tokens, retrieval, round_number: int) -> tuple[Prompt | None, str]:
         """Streams the reply; the outcome is "done", "interrupted" or "fallback" (the reply said
         it lacked information, and was dropped before any of its audio played)."""
-        from voicechat.retrieval.retriever import FALLBACK_INSTRUCTION
-
         check_lead = (self.settings.two_round == "fallback" and round_number == 1
                       and self.question.audio is not None and retrieval is not None)
         instruction = self.config.voice_preset(self.settings.voice).instruction
         if check_lead:
+            from voicechat.retrieval.retriever import FALLBACK_INSTRUCTION
+
             instruction = f"{FALLBACK_INSTRUCTION}\n{instruction}".strip()
         try:
             prompt = self.build_prompt(speech_tokens, retrieval, instruction)

@@ -113,10 +113,10 @@ def ensure_models(config: Config, roles: list[str] | None = None) -> dict[str, P
     roles = roles or needed_roles(config)
     statuses = [model_status(role, getattr(config.models, role), config) for role in roles]
     missing = [s for s in statuses if s.state == "missing"]
-    unfetchable = [s for s in missing if s.kind != "hub" or _offline(config)]
-    if unfetchable:
-        names = "; ".join(s.label for s in missing)
-        raise ModelError(f"missing models: {names}; {PULL_HINT}")
+    if any(s.kind != "hub" or _offline(config) for s in missing):
+        names = "; ".join(f"{s.label}: no such file or folder" if s.kind == "local" else s.label for s in missing)
+        hint = f"; {PULL_HINT}" if any(s.kind != "local" for s in missing) else ""
+        raise ModelError(f"missing models: {names}{hint}")
     paths: dict[str, Path] = {}
     for status in statuses:
         if status.state == "missing":

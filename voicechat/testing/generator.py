@@ -34,6 +34,9 @@ def generate(out_dir: Path, size: Size = "tiny", seed: int = 0,
         "sessions": {"dir": "sessions"},
         "offline": True,
     }
+    if size == "tiny":
+        # Random weights rarely emit the end token: keep replies short on a CPU.
+        config["generation"] = {"max_new_tokens": 120}
     for name in WRITERS:
         if only and name not in only:
             continue

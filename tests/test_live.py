@@ -1,0 +1,68 @@
+"""A live conversation without audio devices: typed questions, the session log, switching modes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+from pathlib import Path
+
+import soundfile
+
+from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
+from voicechat.config import Config
+from voicechat.events import Event, StageFailed, StateChanged, TurnFinished
+from voicechat.live import LiveConversation
+from voicechat.sessions import read_turns
+
+
+def wait_for(events: queue.Queue, kind: type, timeout: float = 120) -> Event:
+    while True:
+        event = events.get(timeout=timeout)
+        if isinstance(event, kind):
+            return event
+
+
+def text_only(config: Config, sessions: Path) -> Config:
+    return dataclasses.replace(config, retrieval=dataclasses.replace(config.retrieval, rag="off"),
+                               sessions=dataclasses.replace(config.sessions, dir=str(sessions)))
+
+
+def test_each_turn_is_on_disk_as_soon_as_it_ends(tiny_config: Config, tmp_path: Path) -> None:  # noqa: F811
+    events: queue.Queue = queue.Queue()
+    live = LiveConversation(text_only(tiny_config, tmp_path / "sessions"), use_audio=False)
+    live.start(events.put)
+    assert wait_for(events, StateChanged).state == "listening"
+    live.set_voice("calm")
+    live.ask_text("How long should green tea steep?")
+    finished = wait_for(events, TurnFinished)
+    assert wait_for(events, StateChanged).state == "listening"
+    # No close(): as if the process died right after the turn.
+    (folder,) = (tmp_path / "sessions").iterdir()
+    (turn,) = read_turns(folder / "turns.jsonl")
+    assert turn["question"] == "How long should green tea steep?"
+    assert turn["reply_text"] == finished.reply_text
+    assert turn["voice"] == "calm"
+    assert turn["timings"]["prompt_tokens"] > 0
+    audio, rate = soundfile.read(folder / turn["reply_audio"])
+    assert rate == 22050 and audio.size > 0
+    assert "How long should green tea steep?" in live.transcript()
+    live.close()
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "turns.jsonl"
+    path.write_text(json.dumps({"turn": 1}) + "\n" + '{"turn": 2, "reply_te')
+    assert read_turns(path) == [{"turn": 1}]
+
+
+def test_loading_failure_is_reported_not_raised(tiny_config: Config, tmp_path: Path) -> None:  # noqa: F811
+    broken = dataclasses.replace(tiny_config, models=dataclasses.replace(
+        tiny_config.models, decoder=dataclasses.replace(tiny_config.models.decoder, source=str(tmp_path / "nope"))))
+    events: queue.Queue = queue.Queue()
+    live = LiveConversation(text_only(broken, tmp_path), use_audio=False)
+    live.start(events.put)
+    failed = wait_for(events, StageFailed)
+    assert failed.stage == "loading"
+    assert failed.message == f"missing models: speech decoder ({tmp_path / 'nope'}): no such file or folder"
+    live.close()
