@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "vad": "vad",
 }
 
+DEFAULT_COMMAND = "chat"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -46,10 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"voicechat {__version__}")
     _add_global_flags(parser)
+    _command_module(DEFAULT_COMMAND).add_arguments(parser)  # `voicechat --no-save` starts the chat
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = _command_module(module_name)
-        sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
+        # The default command's flags exist on both levels: its subparser must not reset them.
+        default = argparse.SUPPRESS if name == DEFAULT_COMMAND else None
+        sub = commands.add_parser(name, help=module.HELP, description=module.HELP, argument_default=default)
         _add_global_flags(sub, suppress_defaults=True)
         module.add_arguments(sub)
     return parser
@@ -102,10 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voicechat.config import load_config
 
         config = load_config(getattr(args, "config", None), config_overrides(args))
-        if args.command is None and "chat" not in COMMANDS:
-            parser.print_help()
-            return 0
-        module = _command_module(COMMANDS[args.command or "chat"])
+        module = _command_module(COMMANDS[args.command or DEFAULT_COMMAND])
         return int(module.run(args, config) or 0)
     except VoicechatError as error:
         if debug:

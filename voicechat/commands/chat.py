@@ -19,7 +19,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.live import LiveConversation
     from voicechat.tui.app import VoicechatApp
 
-    conversation = LiveConversation(config, save=not getattr(args, "no_save", False),
-                                    use_audio=not getattr(args, "no_audio", False))
+    conversation = LiveConversation(config, save=not args.no_save, use_audio=not args.no_audio)
     VoicechatApp(config, conversation).run()
     return 0

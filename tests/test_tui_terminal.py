@@ -1,0 +1,89 @@
+"""`voicechat` in a real terminal (tmux) with a virtual microphone: a spoken question becomes a
+completed turn on screen, with its sources and timings."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+import soundfile
+import yaml
+
+from tests.support.pulse import MIC_RATE, PulseServer, start_private_server
+from tests.support.speech import espeak_available, speak
+from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
+from voicechat.sessions import read_turns
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.audio]
+
+
+@pytest.fixture(scope="module")
+def pulse() -> Iterator[PulseServer]:
+    server = start_private_server()
+    yield server
+    server.stop()
+
+
+class Terminal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def wait_until(self, condition: Callable[[str], bool], timeout: float, what: str) -> str:
+        """Polls the screen: a terminal offers no event to wait on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if condition(screen):
+                return screen
+            time.sleep(0.25)
+        pytest.fail(f"timed out waiting for {what}; the screen was:\n{self.screen()}")
+
+    def press(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True, timeout=10)
+
+
+@pytest.fixture
+def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Iterator[Terminal]:  # noqa: F811
+    if shutil.which("tmux") is None or not espeak_available():
+        pytest.skip("tmux and espeak-ng are needed")
+    config = yaml.safe_load((tiny_models_dir / "config.yaml").read_text())
+    config["sessions"] = {"dir": str(tmp_path / "sessions")}
+    config["retrieval"] = {**config.get("retrieval", {}), "rag": "off"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    name = f"voicechat-test-{os.getpid()}"
+    env = {**pulse.env, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"}
+    command = f"{sys.executable} -m voicechat --config {tmp_path / 'config.yaml'}; sleep 30"
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "45", command],
+                   env=env, check=True, timeout=30)
+    yield Terminal(name)
+    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
+
+
+def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: Terminal, tmp_path: Path) -> None:
+    terminal.wait_until(lambda s: "LISTENING" in s, 180, "the app to load and listen")
+    question = speak("How long should green tea steep?")
+    padded = np.concatenate([np.zeros(MIC_RATE // 2, np.float32), question, np.zeros(MIC_RATE * 2, np.float32)])
+    pulse.play(padded, MIC_RATE).wait(timeout=60)
+    screen = terminal.wait_until(lambda s: "total" in s and "LISTENING" in s, 300, "the turn to complete")
+    assert "Assistant" in screen
+    assert re.search(r"first audio\s+█+\s+\d+", screen)  # the timings panel has the turn
+    (log,) = (tmp_path / "sessions").glob("*/turns.jsonl")
+    (turn,) = read_turns(log)
+    assert turn["question"] is None and turn["user_audio"]  # it was spoken, and the audio kept
+    heard, rate = soundfile.read(log.parent / turn["user_audio"])
+    assert rate == MIC_RATE and abs(heard.size / rate - question.size / MIC_RATE) < 1.0
+    terminal.press("q")
+    terminal.wait_until(lambda s: "LISTENING" not in s, 60, "the app to quit")
