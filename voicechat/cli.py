@@ -21,6 +21,8 @@ from voicechat.errors import VoicechatError
 COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "models": "models",
+    "index": "index",
+    "search": "search",
 }
 
 EXIT_USER_ERROR = 2

@@ -17,7 +17,9 @@ import yaml
 Size = Literal["tiny", "full"]
 
 # module name in voicechat.testing -> what it writes; each model issue adds its writer here
-WRITERS: dict[str, str] = {}
+WRITERS: dict[str, str] = {
+    "sonar": "SONAR speech and text encoders (fairseq2 checkpoints and asset cards)",
+}
 
 
 def generate(out_dir: Path, size: Size = "tiny", seed: int = 0,
