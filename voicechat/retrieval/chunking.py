@@ -127,30 +127,30 @@ def _bounded(spans: list[tuple[int, int]], text: str, max_chars: int) -> list[tu
 
 
 def chunk_passage(passage: Passage, config: ChunkingConfig) -> list[Chunk]:
-    """Windows of ``sentences_per_chunk`` sentences, advancing by size minus overlap."""
+    """Windows of ``sentences_per_chunk`` sentences, neighbours sharing ``sentence_overlap``."""
     text = passage.text
     spans = _bounded(split_sentences(text), text, config.max_chunk_chars)
     if not spans:
         return []
     size = config.sentences_per_chunk
-    step = max(1, size - min(config.sentence_overlap, size - 1))
+    overlap = min(config.sentence_overlap, size - 1)
     chunks = []
     first = 0
-    while True:
-        window = spans[first:first + size]
+    while first < len(spans):
+        last = min(first + size, len(spans))
         # shrink a window that is too long as a whole (each sentence alone is within the limit)
-        while len(window) > 1 and window[-1][1] - window[0][0] > config.max_chunk_chars:
-            window = window[:-1]
-        start, end = window[0][0], window[-1][1]
+        while last - first > 1 and spans[last - 1][1] - spans[first][0] > config.max_chunk_chars:
+            last -= 1
+        start, end = spans[first][0], spans[last - 1][1]
         chunks.append(Chunk(
             text=" ".join(text[start:end].split()) if passage.unit == "line" else text[start:end],
             passage=passage,
             start=_position(passage, start),
             end=_position(passage, end - 1),
         ))
-        if first + size >= len(spans):
+        if last == len(spans):
             break
-        first += step
+        first = max(first + 1, last - overlap)  # never skip a sentence
     return chunks
 
 
