@@ -208,3 +208,10 @@ def test_test_cards_load_by_name_from_the_user_asset_folder(sonar_dir):
 def test_float16_on_cpu_is_refused_with_advice(text_spec):
     with pytest.raises(ModelError, match="float16 is not supported on the CPU"):
         SonarTextEncoder.load(dataclasses.replace(text_spec, dtype="float16"))
+
+
+def test_silence_and_a_steady_tone_still_give_a_unit_vector(speech_encoder):
+    t = np.arange(32000) / 16000
+    for audio in (np.zeros(32000, np.float32), (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)):
+        vector = speech_encoder.embed(audio)
+        assert np.isfinite(vector).all() and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)

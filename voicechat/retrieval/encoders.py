@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import numpy as np
 
 from voicechat.config import ModelSpec
-from voicechat.errors import ModelError
+from voicechat.errors import AudioError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +334,18 @@ class SonarSpeechEncoder:
         audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
         if audio.size < SPEECH_RATE // 10:  # the fbank front end needs a few frames
             audio = np.pad(audio, (0, SPEECH_RATE // 10 - audio.size))
+        # The front end standardises each mel bin over time: silence or a steady tone has zero
+        # variance there and would give NaN. One int16 step of fixed-seed dither prevents that.
+        dither = np.random.default_rng(0).standard_normal(audio.size).astype(np.float32)
+        audio = audio + dither / 32768
         segments = speech_segments(audio)
         tensors = [torch.from_numpy(np.ascontiguousarray(s)).unsqueeze(0) for s in segments]
         with torch.inference_mode():
             vectors = self._pipeline.predict(tensors, batch_size=len(tensors))
         vectors = _normalise(vectors.float().cpu().numpy())
+        if not np.isfinite(vectors).all():
+            raise AudioError("the speech encoder could not embed this audio (it produced NaN); "
+                             "check that the recording is not empty or clipped")
         return _normalise(vectors.mean(axis=0, keepdims=True))[0]
 
 
