@@ -53,3 +53,12 @@ def knowledge(tmp_path: Path) -> Path:
     folder = tmp_path / "knowledge"
     shutil.copytree(KNOWLEDGE, folder, ignore=shutil.ignore_patterns(".voicechat-index"))
     return folder
+
+
+@pytest.fixture(scope="session")
+def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from voicechat.testing import asr
+
+    out = tmp_path_factory.mktemp("whisper")
+    asr.write(out, "tiny", seed=0)
+    return out / "whisper"

@@ -19,6 +19,7 @@ Size = Literal["tiny", "full"]
 # module name in voicechat.testing -> what it writes; each model issue adds its writer here
 WRITERS: dict[str, str] = {
     "sonar": "SONAR speech and text encoders (fairseq2 checkpoints and asset cards)",
+    "asr": "Whisper speech recogniser (Hugging Face format)",
 }
 
 
