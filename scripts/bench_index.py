@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -116,7 +117,7 @@ def bench_reindex(args: argparse.Namespace) -> dict:
     settings = Settings(encoder_identity(spec), ("eng_Latn", "zho_Hans"), ChunkingConfig())
     encoder = SonarTextEncoder.load(spec, offline=True)
     began = time.perf_counter()
-    first = Indexer(corpus, corpus / ".voicechat-index", settings, lambda: encoder).update()
+    Indexer(corpus, corpus / ".voicechat-index", settings, lambda: encoder).update()
     first_s = time.perf_counter() - began
     loads = []
 
@@ -163,7 +164,10 @@ def main() -> int:
     reindex.add_argument("--files", type=int, default=1000)
     reindex.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     result = bench_build(args) if args.what == "build" else bench_reindex(args)
+    result["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
+                                   "cpus": os.cpu_count()}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -176,7 +177,7 @@ def speech_audio(seconds: float, rate: int = 22050) -> np.ndarray:
 def bench_speech(args: argparse.Namespace) -> dict:
     import torch
 
-    from voicechat.config import ChunkingConfig, ModelSpec, RetrievalConfig
+    from voicechat.config import ModelSpec, RetrievalConfig
     from voicechat.retrieval.chunking import Chunk, Passage
     from voicechat.retrieval.encoders import SonarSpeechEncoder
     from voicechat.retrieval.index import STORE, KnowledgeIndex, Store, export
@@ -249,7 +250,10 @@ def main() -> int:
     search.add_argument("--queries-1m", type=int, default=50)
     search.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     result = bench_speech(args) if args.what == "speech" else bench_search(args)
+    result["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
+                                   "cpus": os.cpu_count()}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -3,14 +3,11 @@ encoder against the same index as e2e."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import yaml
 
-from tests.support.retrieval import (  # noqa: F401
-    knowledge, sonar_dir, speech_encoder, speech_spec, text_encoder, text_spec, whisper_dir)
+from tests.support.retrieval import knowledge, sonar_dir, whisper_dir  # noqa: F401
 from voicechat.config import ModelSpec, load_config
 from voicechat.errors import ModelError
 from voicechat.retrieval.asr import WhisperTranscriber

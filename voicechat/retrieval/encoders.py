@@ -240,8 +240,13 @@ def _check_available(spec: ModelSpec, offline: bool) -> None:
 def _load_model(card, hub_loader: Callable[..., Any], spec: ModelSpec, where: Placement):
     from fairseq2.assets import AssetCardError, AssetDownloadError
 
+    restrict = card.maybe_get_field("restrict")
+    if restrict is not None and restrict.as_(bool) is False:  # would unpickle arbitrary objects
+        raise ModelError(f"SONAR model {spec.source!r}: its card sets restrict: false; only weights-only "
+                         "checkpoints are loaded")
     try:
-        return hub_loader(card, device=where.device, dtype=where.dtype)
+        # mmap: the checkpoint is paged in while copied into the model, not held twice in memory
+        return hub_loader(card, device=where.device, dtype=where.dtype, mmap=True)
     except AssetDownloadError as error:
         raise ModelError(f"cannot download SONAR model {spec.source!r} ({error}); check the network "
                          "or use --offline with a cached model") from None
@@ -278,9 +283,6 @@ class SonarTextEncoder:
         encoder = cls(pipeline, 0, batch_size)
         encoder.dim = int(encoder._raw(["warm up"], "eng_Latn").shape[1])
         return encoder
-
-    def supports(self, lang: str) -> bool:
-        return lang in getattr(self._pipeline.tokenizer, "_langs", {lang})
 
     def embed(self, texts: Sequence[str], langs: Sequence[str] | str,
               progress: Callable[[int], None] | None = None) -> np.ndarray:

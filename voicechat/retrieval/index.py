@@ -493,7 +493,7 @@ class Indexer:
             raise KnowledgeIndexError(f"{self.root}: no such knowledge folder")
         self.index_dir.mkdir(parents=True, exist_ok=True)
         report = UpdateReport()
-        store = self._open_store(report, rebuild)
+        store = self._open_store(report)
         try:
             self._check_settings(store, report, rebuild)
             files, skipped = discover(self.root, exclude=self.index_dir)
@@ -511,7 +511,7 @@ class Indexer:
 
     # steps
 
-    def _open_store(self, report: UpdateReport, rebuild: bool) -> Store:
+    def _open_store(self, report: UpdateReport) -> Store:
         path = self.index_dir / STORE
         try:
             store = Store(path, create=True)
