@@ -84,3 +84,17 @@ def test_search_audio_file_at_another_rate(capsys, config_file, tmp_path):
 def test_bad_command_lines_give_one_line_errors(capsys, config_file, argv, message):
     code, out, err = run(capsys, "--config", str(config_file), *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_path, sonar_dir, knowledge,
+                                                                  monkeypatch):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "sonar").symlink_to(sonar_dir)
+    config = tmp_path / "models" / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"sonar_text": {"source": "sonar/text_encoder/card.yaml", "device": "cpu"}},
+        "retrieval": {"knowledge_dir": str(knowledge), "index_dir": "index"}, "offline": True}))
+    monkeypatch.chdir(knowledge)
+    code, out, err = run(capsys, "--config", str(config), "index")
+    assert code == 0, err
+    assert (tmp_path / "models" / "index" / "manifest.json").is_file()

@@ -39,14 +39,14 @@ def run(args: argparse.Namespace, config: Any) -> int:
 
 
 def build(config: Any, knowledge, index_dir, rebuild: bool, index_type: str):
+    from voicechat.retrieval import sonar_spec
     from voicechat.retrieval.encoders import SonarTextEncoder, encoder_identity
     from voicechat.retrieval.index import Indexer, Settings
 
-    settings = Settings(encoder_identity(config.models.sonar_text), config.retrieval.languages,
-                        config.retrieval.chunking)
+    spec = sonar_spec(config.models.sonar_text, config.resolve_path)
+    settings = Settings(encoder_identity(spec), config.retrieval.languages, config.retrieval.chunking)
     with ProgressReporter() as reporter:
-        indexer = Indexer(knowledge, index_dir, settings,
-                          lambda: SonarTextEncoder.load(config.models.sonar_text, config.offline),
+        indexer = Indexer(knowledge, index_dir, settings, lambda: SonarTextEncoder.load(spec, config.offline),
                           reporter, index_type)
         try:
             return indexer.update(rebuild=rebuild)

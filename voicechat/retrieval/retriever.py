@@ -201,7 +201,7 @@ def load_retriever(config, modes: set[str], knowledge_dir: str | None = None) ->
     """Open the configured index and load the encoders that ``modes`` need (once each).
     ``config`` is the whole Config: this is where the model and retrieval sections meet."""
     from voicechat.errors import KnowledgeIndexError
-    from voicechat.retrieval import index_location
+    from voicechat.retrieval import index_location, sonar_spec
     from voicechat.retrieval.encoders import SonarSpeechEncoder, SonarTextEncoder, encoder_identity
 
     _, index_dir = index_location(config.retrieval, config.resolve_path, knowledge_dir)
@@ -210,14 +210,16 @@ def load_retriever(config, modes: set[str], knowledge_dir: str | None = None) ->
     try:
         if modes & {"text", "asr"}:
             built_with = (index.manifest.get("encoder") or {})
-            current = encoder_identity(config.models.sonar_text)
+            text_spec = sonar_spec(config.models.sonar_text, config.resolve_path)
+            current = encoder_identity(text_spec)
             if built_with != current:
                 raise KnowledgeIndexError(
                     f"{index_dir}: the index was built with text encoder {built_with.get('source')!r} but the "
                     f"config now names {current['source']!r}; run `voicechat index` to rebuild it")
-            text = SonarTextEncoder.load(config.models.sonar_text, config.offline)
+            text = SonarTextEncoder.load(text_spec, config.offline)
         if "e2e" in modes:
-            speech = SonarSpeechEncoder.load(config.models.sonar_speech, config.offline)
+            speech = SonarSpeechEncoder.load(sonar_spec(config.models.sonar_speech, config.resolve_path),
+                                             config.offline)
         if "asr" in modes:
             from voicechat.retrieval.asr import WhisperTranscriber, resolve_asr_model
 
