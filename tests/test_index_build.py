@@ -313,3 +313,21 @@ def test_forced_approximate_index_types_are_tuned_to_the_recall_target(tmp_path)
         assert index_module.recall_at_k(rows, truth) >= 0.95
     assert index_module.choose_index_type(10_000) == "flat"
     assert index_module.choose_index_type(2_000_000) == "ivf"
+
+
+@pytest.mark.slow
+def test_index_type_override_is_kept_until_changed_back(knowledge, text_encoder, text_spec, monkeypatch):
+    monkeypatch.setattr(index_module, "FLAT_MAX_CHUNKS", 10)
+    rng = np.random.default_rng(0)
+    for i in range(12):  # enough chunks (> 1000) to train an IVF index
+        words = " ".join(f"term{j}" for j in rng.integers(0, 5000, 12))
+        sentences = [f"Note {i}-{s} mentions {words[: 8 + s % 40]}." for s in range(90)]
+        (knowledge / f"notes-{i}.txt").write_text("\n\n".join(sentences))
+    report = make_indexer(knowledge, text_encoder, text_spec, index_type="hnsw")[0].update()
+    assert report.index_type == "hnsw" and report.chunks_total > 1000
+    again = make_indexer(knowledge, text_encoder, text_spec, index_type="hnsw")[0].update()
+    assert not again.exported
+    auto = make_indexer(knowledge, text_encoder, text_spec)[0].update()
+    assert auto.exported and auto.index_type == "ivf" and auto.chunks_embedded == 0
+    index = KnowledgeIndex.open(knowledge / ".voicechat-index")
+    assert index.manifest["index"]["tuned_recall_at_10"] >= 0.95

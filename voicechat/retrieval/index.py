@@ -309,7 +309,7 @@ def build_faiss(vectors: np.ndarray, kind: str, seed: int = 0) -> tuple[Any, dic
     indexes are tuned on a sample of perturbed stored vectors until recall@10 against exact
     search reaches the target plus a margin."""
     count, dim = vectors.shape
-    if count < 1000:
+    if count < 1000:  # too few to train or to need an approximate index
         kind = "flat"
     rng = np.random.default_rng(seed)
     sample = vectors[np.sort(rng.choice(count, size=min(count, training_size(count)), replace=False))]
@@ -647,7 +647,7 @@ class Indexer:
             manifest = None
         fresh = (manifest is not None and manifest.get("generation") == generation
                  and _derived_files_intact(self.index_dir, manifest)
-                 and (self.index_type == "auto" or manifest["index"]["type"] == self.index_type))
+                 and manifest["index"].get("requested", "auto") == self.index_type)
         if fresh:
             report.index_type = manifest["index"]["type"]
             return
@@ -679,6 +679,7 @@ def export(store: Store, index_dir: Path, requested: IndexType = "auto") -> dict
     else:
         params = {"type": "flat"}
         (index_dir / FAISS_FILE).unlink(missing_ok=True)
+    params["requested"] = requested
     _save_npy(index_dir / IDS_FILE, ids)
     _save_npy(index_dir / EMBEDDINGS_FILE, vectors)
     artifacts = {name: file_fingerprint(index_dir / name)
