@@ -215,3 +215,12 @@ def test_silence_and_a_steady_tone_still_give_a_unit_vector(speech_encoder):
     for audio in (np.zeros(32000, np.float32), (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)):
         vector = speech_encoder.embed(audio)
         assert np.isfinite(vector).all() and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bfloat16_encoders_agree_with_float32(text_spec, speech_spec, text_encoder, speech_encoder):
+    text16 = SonarTextEncoder.load(dataclasses.replace(text_spec, dtype="bfloat16"))
+    speech16 = SonarSpeechEncoder.load(dataclasses.replace(speech_spec, dtype="bfloat16"))
+    sentence = "The Sun holds 99.86 percent of the mass of the Solar System."
+    assert cosine(text16.embed([sentence], "eng_Latn")[0], text_encoder.embed([sentence], "eng_Latn")[0]) > 0.98
+    audio = tone(1.0, 16000)
+    assert cosine(speech16.embed(audio), speech_encoder.embed(audio)) > 0.95
