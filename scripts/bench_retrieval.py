@@ -145,7 +145,7 @@ def bench_search(args: argparse.Namespace) -> dict:
                      "queries": n_queries, **bench_index_type(data, kind, n_queries)}
             print(json.dumps(entry), file=sys.stderr)
             results.append(entry)
-    return {"benchmark": "search_only", "dim": DIM, "faiss_threads": args.threads,
+    return {"benchmark": "search_only", "dim": DIM, "build_threads": args.threads, "search_threads": 1,
             "data": "synthetic clustered unit vectors (count/100 topics), queries = stored vectors + noise",
             "results": results}
 
