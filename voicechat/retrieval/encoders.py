@@ -177,22 +177,10 @@ def encoder_identity(spec: ModelSpec) -> dict[str, Any]:
         if not checkpoint.is_absolute():
             checkpoint = path.parent / checkpoint
         identity["name"] = metadata["name"]
-        identity["checkpoint"] = _fingerprint(checkpoint)
+        from voicechat.retrieval.index import file_fingerprint
+
+        identity["checkpoint"] = file_fingerprint(checkpoint) if checkpoint.is_file() else "missing"
     return identity
-
-
-def _fingerprint(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-        digest = hashlib.sha256()
-        with path.open("rb") as file:
-            digest.update(file.read(1 << 20))
-            if size > 2 << 20:
-                file.seek(-(1 << 20), 2)
-                digest.update(file.read(1 << 20))
-    except OSError:
-        return "missing"
-    return f"{size}:{digest.hexdigest()[:16]}"
 
 
 # --- devices --------------------------------------------------------------------------------------
@@ -281,7 +269,7 @@ class SonarTextEncoder:
             raise ModelError(f"the tokenizer of SONAR model {spec.source!r} cannot be loaded ({error})") from None
         pipeline = TextToEmbeddingModelPipeline(model, tokenizer, device=where.device, dtype=where.dtype)
         encoder = cls(pipeline, 0, batch_size)
-        encoder.dim = int(encoder._raw(["warm up"], "eng_Latn").shape[1])
+        encoder.dim = int(encoder._raw(["warm up"], None).shape[1])  # the tokenizer's default language
         return encoder
 
     def embed(self, texts: Sequence[str], langs: Sequence[str] | str,
@@ -304,7 +292,7 @@ class SonarTextEncoder:
             start = end
         return out
 
-    def _raw(self, texts: list[str], lang: str) -> np.ndarray:
+    def _raw(self, texts: list[str], lang: str | None) -> np.ndarray:
         vectors = self._pipeline.predict(texts, source_lang=lang, batch_size=len(texts))
         return _normalise(vectors.float().cpu().numpy())
 
