@@ -54,7 +54,8 @@ def test_needed_roles_follow_the_modes(tmp_path: Path) -> None:
     assert models.needed_roles(config_with(tmp_path, "")) == [
         "lm", "speech_tokenizer", "decoder", "sonar_text", "sonar_speech"]
     remote_asr = config_with(tmp_path, "backend: {kind: glm-server}\nretrieval: {rag: asr}\n")
-    assert models.needed_roles(remote_asr) == ["speech_tokenizer", "decoder", "sonar_text", "asr"]
+    assert models.needed_roles(remote_asr) == ["lm", "speech_tokenizer", "decoder", "sonar_text", "asr"]
+    assert models.hub_files("lm", remote_asr) == ["tokenizer_config.json", "tokenizer.model"]
     assert "asr" in models.needed_roles(config_with(tmp_path, "retrieval: {two_round: fallback}\n"))
     assert models.needed_roles(config_with(tmp_path, "retrieval: {rag: 'off'}\n")) == [
         "lm", "speech_tokenizer", "decoder"]
@@ -76,12 +77,26 @@ def test_missing_local_folder_is_named(tmp_path: Path) -> None:
 
 
 def test_cached_hub_model_is_found_without_network(tmp_path: Path, hf_home: Path) -> None:
-    snapshot = cache_repo(hf_home, "someone/decoder", {"config.yaml": b"a: 1\n", "flow.pt": b"12345"})
+    snapshot = cache_repo(hf_home, "someone/decoder", {"config.yaml": b"a: 1\n", "flow.pt": b"12345", "hift.pt": b"1"})
     config = config_with(tmp_path, "offline: true\nmodels:\n  decoder: someone/decoder\n")
     status = models.model_status("decoder", config.models.decoder, config)
     assert status.state == "cached"
     assert status.path == snapshot
     assert models.resolve_model("decoder", config) == snapshot
+
+
+def test_partly_downloaded_hub_model_is_missing(tmp_path: Path, hf_home: Path) -> None:
+    cache_repo(hf_home, "someone/decoder", {"config.yaml": b"a: 1\n", "flow.pt": b"12345"})  # no hift.pt
+    config = config_with(tmp_path, "offline: true\nmodels:\n  decoder: someone/decoder\n")
+    assert models.model_status("decoder", config.models.decoder, config).state == "missing"
+
+
+def test_remote_backend_needs_only_the_lm_tokenizer_files(tmp_path: Path, hf_home: Path) -> None:
+    cache_repo(hf_home, "someone/lm", {"tokenizer_config.json": b"{}", "tokenizer.model": b"x"})
+    local = config_with(tmp_path, "offline: true\nmodels:\n  lm: someone/lm\n")
+    assert models.model_status("lm", local.models.lm, local).state == "missing"
+    remote = config_with(tmp_path, "offline: true\nbackend: {kind: glm-server}\nmodels:\n  lm: someone/lm\n")
+    assert models.model_status("lm", remote.models.lm, remote).state == "cached"
 
 
 def test_offline_with_missing_models_fails_fast_naming_all_of_them(tmp_path: Path, hf_home: Path) -> None:

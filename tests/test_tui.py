@@ -11,12 +11,13 @@ from textual.widgets import DataTable, Input
 
 from voicechat.config import Config
 from voicechat.events import (
+    DeviceChoice,
     AudioChunk, Event, LoadProgress, MicLevel, PromptReady, Retrieved, Source, StageFailed, StateChanged,
     TextDelta, TurnFinished, TurnStarted, TurnTimings,
 )
 from voicechat.tui.app import VoicechatApp
 from voicechat.tui.screens.config_view import ConfigScreen
-from voicechat.tui.screens.devices import DeviceChoice, DevicePicker
+from voicechat.tui.screens.devices import DevicePicker
 from voicechat.tui.screens.help import HelpScreen
 from voicechat.tui.widgets.conversation import AssistantTurn, UserTurn
 from voicechat.tui.widgets.status_bar import StatusBar

@@ -19,10 +19,18 @@ from voicechat.errors import VoicechatError
 
 # name -> module under voicechat.commands; order is the order shown in --help
 COMMANDS: dict[str, str] = {
+    "chat": "chat",
+    "ask": "ask",
     "doctor": "doctor",
     "models": "models",
     "index": "index",
     "search": "search",
+    "serve": "serve",
+    "tokenize": "tokenize",
+    "detokenize": "detokenize",
+    "devices": "devices",
+    "mic-test": "mic_test",
+    "vad": "vad",
 }
 
 EXIT_USER_ERROR = 2

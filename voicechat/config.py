@@ -69,6 +69,7 @@ class BackendConfig:
     api_key_env: str | None = None
     connect_timeout_s: float = field(default=5.0, metadata=_range(0.1, 600))
     read_timeout_s: float = field(default=60.0, metadata=_range(0.1, 3600))
+    retries: int = field(default=2, metadata=_range(0, 10))  # attempts before the first token
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class GenerationConfig:
     top_p: float = field(default=0.8, metadata=_range(0.0, 1.0))
     max_new_tokens: int = field(default=2000, metadata=_range(1, 32768))
     context_budget: int = field(default=8192, metadata=_range(256, 131072))
+    # How retrieved passages enter the user turn; None is the study's template (voicechat.glm.prompt).
+    rag_template: str | None = None
+    passage_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,28 +128,50 @@ DEFAULT_VOICES: dict[str, VoicePreset] = {
 # --- audio ----------------------------------------------------------------------------------------
 
 
+# Trailing silence (ms) that ends an utterance, per endpointing preset. Measured on spoken
+# questions (scripts/bench_audio.py): pauses inside a question of up to about 1.0 s (relaxed),
+# 0.5 s (default) and 0.2 s (aggressive) do not split it, even with noise at 10 dB SNR.
+VAD_PRESETS: dict[str, int] = {"relaxed": 1200, "default": 700, "aggressive": 400}
+
+
 @dataclass(frozen=True)
 class VadConfig:
+    """Endpointing: when the user has started and finished speaking."""
+
     preset: Literal["relaxed", "default", "aggressive"] = "default"
-    aggressiveness: int = field(default=2, metadata=_range(0, 3))
+    aggressiveness: int = field(default=2, metadata=_range(0, 3))  # webrtcvad mode
     frame_ms: Literal[10, 20, 30] = 30
-    trailing_silence_ms: int | None = field(default=None, metadata=_range(60, 10000))
-    preroll_ms: int = field(default=300, metadata=_range(0, 2000))
-    min_utterance_ms: int = field(default=250, metadata=_range(0, 10000))
+    trailing_silence_ms: int | None = field(default=None, metadata=_range(60, 10000))  # None: preset
+    preroll_ms: int = field(default=300, metadata=_range(0, 2000))  # kept before the start
+    start_window_ms: int = field(default=300, metadata=_range(30, 2000))
+    start_speech_ms: int = field(default=150, metadata=_range(10, 2000))  # speech in the window that starts
+    min_utterance_ms: int = field(default=250, metadata=_range(0, 10000))  # shorter ones are discarded
     max_utterance_s: float = field(default=30.0, metadata=_range(1, 600))
+    energy_margin_db: float = field(default=6.0, metadata=_range(0, 40))  # above the noise floor
+    noise_window_s: float = field(default=3.0, metadata=_range(0.5, 60))  # noise floor memory
+    tail_ms: int = field(default=150, metadata=_range(0, 2000))  # audio kept after the speech
+    level_interval_ms: int = field(default=50, metadata=_range(10, 1000))
+
+    @property
+    def trailing_ms(self) -> int:
+        """The trailing silence in effect: the explicit value, else the preset's."""
+        return self.trailing_silence_ms if self.trailing_silence_ms is not None else VAD_PRESETS[self.preset]
 
 
 @dataclass(frozen=True)
 class PlaybackConfig:
-    lead_ms: int = field(default=80, metadata=_range(0, 2000))
+    lead_ms: int = field(default=80, metadata=_range(0, 2000))  # buffered before playback starts
     block_ms: int = field(default=20, metadata=_range(5, 200))
+    fade_ms: float = field(default=5.0, metadata=_range(0, 50))  # ramps at gaps and on flush
 
 
 @dataclass(frozen=True)
 class AudioConfig:
-    input_device: str | None = None
+    input_device: str | None = None  # index or part of the name; None: the system default
     output_device: str | None = None
-    barge_in: bool = False
+    barge_in: bool = False  # speech during playback interrupts it (use headphones)
+    echo_tail_ms: int = field(default=300, metadata=_range(0, 5000))  # half-duplex: deaf after playback
+    capture_block_ms: int = field(default=40, metadata=_range(5, 200))  # 40: <2% CPU idle
     vad: VadConfig = VadConfig()
     playback: PlaybackConfig = PlaybackConfig()
 
@@ -181,8 +207,14 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    """Streaming speech decoder. chunk_schedule: speech tokens per chunk (the last size repeats);
+    overlap_frames: mel frames held back at a chunk's end and cross-faded into the next chunk;
+    context_tokens: tokens before a chunk re-encoded as its condition (bounds the cost per chunk)."""
+
     chunk_schedule: tuple[int, ...] = (10, 25, 50, 100)
     seed: int = 42
+    overlap_frames: int = field(default=20, metadata=_range(0, 200))
+    context_tokens: int = field(default=30, metadata=_range(0, 500))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,15 @@ class Source:
 
 
 @dataclass(frozen=True)
+class DeviceChoice:
+    """A microphone the user can switch to."""
+
+    index: int
+    name: str
+    is_default: bool
+
+
+@dataclass(frozen=True)
 class LoadProgress(Event):
     step: str
     done: int

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from voicechat.config import Config, ModelsConfig, ModelSpec
+from voicechat.config import Config, ModelSpec
 from voicechat.errors import ModelError
 
 Kind = Literal["local", "hub", "fairseq2"]
 State = Literal["local", "cached", "missing"]
 
 # Only the files our loaders read: the hub repos also carry remote code and other formats.
+# Each pattern must match at least one file for a cached copy to count as complete.
+LM_TOKENIZER_FILES = ["tokenizer_config.json", "tokenizer.model"]
 HUB_FILES: dict[str, list[str]] = {
     "lm": ["*.json", "*.safetensors", "tokenizer.model"],
     "speech_tokenizer": ["*.json", "*.safetensors"],
@@ -59,9 +61,7 @@ def source_kind(source: str) -> Kind:
 def needed_roles(config: Config) -> list[str]:
     """The models this configuration actually uses."""
     retrieval = config.retrieval
-    roles = ["speech_tokenizer", "decoder"]
-    if config.backend.kind == "local":
-        roles.insert(0, "lm")
+    roles = ["lm", "speech_tokenizer", "decoder"]  # with a remote backend, only the LM's tokenizer
     if retrieval.rag != "off":
         roles.append("sonar_text")
     if retrieval.rag == "e2e":
@@ -79,7 +79,7 @@ def model_status(role: str, spec: ModelSpec, config: Config) -> ModelStatus:
         state: State = "local" if path.exists() else "missing"
         return ModelStatus(role, spec, kind, state, path, _size(path) if state == "local" else None)
     if kind == "hub":
-        path = _hub_snapshot(role, spec, config.models, local_only=True)
+        path = _hub_snapshot(spec, hub_files(role, config), config.models.cache_dir, local_only=True)
         return ModelStatus(role, spec, kind, "cached" if path else "missing", path, _size(path) if path else None)
     from voicechat.retrieval.encoders import sonar_model_status
 
@@ -99,7 +99,13 @@ def resolve_model(role: str, config: Config) -> Path:
         raise ModelError(f"{status.label} is not in the fairseq2 cache; {PULL_HINT}")
     if _offline(config):
         raise ModelError(f"{status.label} is not downloaded and voicechat is offline; {PULL_HINT}")
-    return _download(role, spec, config.models)
+    return _download(role, spec, config)
+
+
+def hub_files(role: str, config: Config) -> list[str]:
+    if role == "lm" and config.backend.kind != "local":
+        return LM_TOKENIZER_FILES
+    return HUB_FILES[role]
 
 
 def ensure_models(config: Config, roles: list[str] | None = None) -> dict[str, Path]:
@@ -114,7 +120,7 @@ def ensure_models(config: Config, roles: list[str] | None = None) -> dict[str, P
     paths: dict[str, Path] = {}
     for status in statuses:
         if status.state == "missing":
-            paths[status.role] = _download(status.role, status.spec, config.models)
+            paths[status.role] = _download(status.role, status.spec, config)
         else:
             assert status.path is not None
             paths[status.role] = status.path
@@ -130,7 +136,7 @@ def pull(config: Config, roles: list[str]) -> dict[str, Path]:
         spec: ModelSpec = getattr(config.models, role)
         kind = source_kind(spec.source)
         if kind == "hub":
-            paths[role] = _download(role, spec, config.models)
+            paths[role] = _download(role, spec, config)
         elif kind == "fairseq2":
             from voicechat.retrieval.encoders import download_sonar_model
 
@@ -144,31 +150,28 @@ def _offline(config: Config) -> bool:
     return config.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _hub_snapshot(role: str, spec: ModelSpec, models: ModelsConfig, local_only: bool) -> Path | None:
+def _hub_snapshot(spec: ModelSpec, files: list[str], cache_dir: str | None, local_only: bool) -> Path | None:
+    """The snapshot folder holding ``files``; None when (part of) it is not on disk."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(
-            spec.source,
-            revision=spec.revision,
-            cache_dir=models.cache_dir,
-            allow_patterns=HUB_FILES.get(role),
-            local_files_only=local_only,
-        )
+        folder = Path(snapshot_download(spec.source, revision=spec.revision, cache_dir=cache_dir,
+                                        allow_patterns=files, local_files_only=local_only))
     except LocalEntryNotFoundError:
         return None
-    return Path(folder)
+    complete = all(any(folder.glob(pattern)) for pattern in files)
+    return folder if complete else None
 
 
-def _download(role: str, spec: ModelSpec, models: ModelsConfig) -> Path:
+def _download(role: str, spec: ModelSpec, config: Config) -> Path:
     """Hub download with huggingface_hub's progress bars; partial files resume on the next try."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
     label = f"{ROLE_NAMES.get(role, role)} ({spec.source})"
     try:
-        path = _hub_snapshot(role, spec, models, local_only=False)
+        path = _hub_snapshot(spec, hub_files(role, config), config.models.cache_dir, local_only=False)
     except RepositoryNotFoundError:
         raise ModelError(f"{label}: no such repository on the model hub (check models.{role}.source)") from None
     except RevisionNotFoundError:

@@ -18,6 +18,9 @@ Size = Literal["tiny", "full"]
 
 # module name in voicechat.testing -> what it writes; each model issue adds its writer here
 WRITERS: dict[str, str] = {
+    "lm": "GLM-4-Voice-9B language model and text tokenizer",
+    "speech_tokenizer": "GLM-4-Voice speech tokenizer (WhisperVQ)",
+    "decoder": "GLM-4-Voice speech decoder (flow + HiFT)",
     "sonar": "SONAR speech and text encoders (fairseq2 checkpoints and asset cards)",
     "asr": "Whisper speech recogniser (Hugging Face format)",
 }

@@ -15,6 +15,7 @@ from textual.widgets import Footer, Input, Label
 
 from voicechat.config import Config
 from voicechat.events import (
+    DeviceChoice,
     Event,
     LoadProgress,
     MicLevel,
@@ -26,7 +27,7 @@ from voicechat.events import (
     TurnStarted,
 )
 from voicechat.tui.screens.config_view import ConfigScreen
-from voicechat.tui.screens.devices import DeviceChoice, DevicePicker
+from voicechat.tui.screens.devices import DevicePicker
 from voicechat.tui.screens.help import HelpScreen
 from voicechat.tui.screens.loading import LoadingScreen
 from voicechat.tui.widgets.conversation import AssistantTurn, Conversation

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -11,12 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-
-@dataclass(frozen=True)
-class DeviceChoice:
-    index: int
-    name: str
-    is_default: bool
+from voicechat.events import DeviceChoice
 
 
 class DevicePicker(ModalScreen[DeviceChoice | None]):

@@ -1,0 +1,202 @@
+"""Endpointing: deciding from 16 kHz mono audio when the user starts and stops speaking.
+
+Pure and deterministic: the same samples give the same events, whether they come from a
+microphone or a file. Each frame (10/20/30 ms) counts as speech when webrtcvad says so *and* its
+energy stands ``energy_margin_db`` above an adaptive noise floor (a low percentile of the recent
+frame energies), so steady background noise, which webrtcvad often takes for speech, neither
+starts an utterance nor holds one open.
+
+An utterance starts when ``start_speech_ms`` of the last ``start_window_ms`` were speech (a ring
+buffer, as in py-webrtcvad's example); its audio begins ``preroll_ms`` before the first speech
+frame of that window. It ends after ``trailing_silence_ms`` without speech, or at
+``max_utterance_s``. Utterances shorter than ``min_utterance_ms`` are discarded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from voicechat.audio.events import Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded
+from voicechat.config import VadConfig
+
+RATE = 16000
+SILENCE_DBFS = -100.0  # the level reported for digital silence
+FLOOR_MIN_DBFS = -70.0  # the noise floor never goes below this
+FLOOR_PERCENTILE = 15.0  # of the frame energies over noise_window_s
+
+Event = SpeechStarted | Level | UtteranceEnded | UtteranceDiscarded
+
+
+def frame_dbfs(frame: np.ndarray) -> float:
+    """Level of int16 samples in dB relative to full scale (a full-scale square wave is 0)."""
+    power = float(np.mean(np.square(frame.astype(np.float32) / 32768.0)))
+    return max(SILENCE_DBFS, 10.0 * np.log10(power)) if power > 0 else SILENCE_DBFS
+
+
+class Endpointer:
+    """Feed int16 16 kHz mono samples with :meth:`push`; get events back."""
+
+    def __init__(self, config: VadConfig = VadConfig(), origin: float = 0.0) -> None:
+        import webrtcvad
+
+        self.config = config
+        self.origin = origin  # the time of the first sample pushed
+        self._vad = webrtcvad.Vad(config.aggressiveness)
+        self.frame_len = RATE * config.frame_ms // 1000
+        self._frame_s = config.frame_ms / 1000.0
+        self._trailing = _frames(config.trailing_ms, config.frame_ms)
+        self._preroll = _frames(config.preroll_ms, config.frame_ms, at_least=0)
+        self._tail = _frames(config.tail_ms, config.frame_ms, at_least=0)
+        self._start_speech = _frames(config.start_speech_ms, config.frame_ms)
+        self._max_frames = max(1, int(config.max_utterance_s * 1000 // config.frame_ms))
+        window = max(_frames(config.start_window_ms, config.frame_ms), self._start_speech)
+        self._window: deque[bool] = deque(maxlen=window)
+        self._recent: deque[np.ndarray] = deque(maxlen=window + self._preroll)
+        self._energies: deque[float] = deque(maxlen=_frames(config.noise_window_s * 1000, config.frame_ms))
+        self._level_frames = _frames(config.level_interval_ms, config.frame_ms)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._index = 0  # index of the next frame
+        self._floor = FLOOR_MIN_DBFS
+        self._level_power: list[float] = []
+        self._utterance: list[np.ndarray] | None = None  # frames of the utterance in progress
+        self._speech_frames: list[bool] = []  # which of them were speech
+        self._utterance_first = 0  # frame index of its first frame
+        self._speech_start = 0  # frame index of its first speech frame
+
+    @property
+    def speaking(self) -> bool:
+        return self._utterance is not None
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        return self._floor
+
+    def push(self, samples: np.ndarray) -> list[Event]:
+        samples = np.asarray(samples)
+        if samples.dtype != np.int16:
+            raise TypeError("the endpointer takes int16 samples")
+        if self._pending.size:
+            samples = np.concatenate([self._pending, samples])
+        whole = samples.size - samples.size % self.frame_len
+        self._pending = samples[whole:].copy()
+        events: list[Event] = []
+        for offset in range(0, whole, self.frame_len):
+            events.extend(self._frame(samples[offset:offset + self.frame_len]))
+        return events
+
+    def finish(self) -> list[Event]:
+        """The stream ended: close the utterance in progress, if any."""
+        self._pending = np.zeros(0, dtype=np.int16)
+        if self._utterance is None:
+            return []
+        return [self._end(self._index - 1, "stream_end")]
+
+    def skip(self, count: int) -> None:
+        """Let ``count`` samples pass unheard (half-duplex, while the assistant speaks): the
+        utterance in progress and the start window are dropped, the clock moves on, the noise
+        floor is kept."""
+        total = self._pending.size + count
+        self._index += total // self.frame_len
+        self._pending = np.zeros(total % self.frame_len, dtype=np.int16)
+        self._utterance = None
+        self._speech_frames = []
+        self._window.clear()
+        self._recent.clear()
+
+    # --- one frame --------------------------------------------------------------------------------
+
+    def _frame(self, frame: np.ndarray) -> list[Event]:
+        index = self._index
+        self._index += 1
+        dbfs = frame_dbfs(frame)
+        self._update_floor(dbfs)
+        speech = dbfs > self._floor + self.config.energy_margin_db and self._vad.is_speech(
+            frame.tobytes(), RATE
+        )
+        self._recent.append(frame)
+        self._window.append(speech)
+        events: list[Event] = []
+        if self._utterance is None:
+            if sum(self._window) >= self._start_speech:
+                events.append(self._start(index))
+        else:
+            self._utterance.append(frame)
+            self._speech_frames.append(speech)
+            ended = self._ending_reason()
+            if ended:
+                events.append(self._end(index, ended))
+        level = self._level(index, dbfs, speech)
+        if level:
+            events.append(level)
+        return events
+
+    def _update_floor(self, dbfs: float) -> None:
+        self._energies.append(dbfs)
+        self._floor = max(FLOOR_MIN_DBFS, float(np.percentile(self._energies, FLOOR_PERCENTILE)))
+
+    def _start(self, index: int) -> SpeechStarted:
+        window = list(self._window)
+        first = window.index(True)
+        start_index = index - len(window) + 1 + first
+        kept = min(len(self._recent), index - start_index + 1 + self._preroll)
+        self._utterance = list(self._recent)[-kept:]
+        self._utterance_first = index - kept + 1
+        self._speech_frames = [False] * (kept - len(window) + first) + window[first:]
+        self._speech_start = start_index
+        return SpeechStarted(t=self._time(index + 1), start=self._time(start_index))
+
+    def _ending_reason(self) -> str | None:
+        if not any(self._speech_frames[-self._trailing:]) and len(self._speech_frames) >= self._trailing:
+            return "silence"
+        if len(self._utterance) >= self._max_frames:
+            return "max_length"
+        return None
+
+    def _end(self, index: int, reason: str) -> UtteranceEnded | UtteranceDiscarded:
+        flags = self._speech_frames
+        last = len(flags) - 1 - flags[::-1].index(True)  # an utterance starts with speech
+        last_index = self._utterance_first + last
+        start, end = self._time(self._speech_start), self._time(last_index + 1)
+        frames = self._utterance[: last + 1 + self._tail]
+        self._utterance = None
+        self._speech_frames = []
+        self._window.clear()
+        if (end - start) * 1000 < self.config.min_utterance_ms:
+            return UtteranceDiscarded(t=self._time(index + 1), start=start, end=end)
+        return UtteranceEnded(
+            t=self._time(index + 1),
+            start=start,
+            end=end,
+            audio=np.concatenate(frames),
+            audio_start=self._time(self._utterance_first),
+            reason=reason,  # type: ignore[arg-type]
+        )
+
+    def _level(self, index: int, dbfs: float, speech: bool) -> Level | None:
+        self._level_power.append(10.0 ** (dbfs / 10.0))
+        if len(self._level_power) < self._level_frames:
+            return None
+        power = float(np.mean(self._level_power))
+        self._level_power = []
+        return Level(
+            t=self._time(index + 1),
+            dbfs=max(SILENCE_DBFS, 10.0 * np.log10(power)) if power > 0 else SILENCE_DBFS,
+            noise_floor_dbfs=self._floor,
+            speech=speech,
+            speaking=self._utterance is not None,
+        )
+
+    def _time(self, frame_index: int) -> float:
+        return self.origin + frame_index * self._frame_s
+
+
+def _frames(ms: float, frame_ms: int, at_least: int = 1) -> int:
+    return max(at_least, int(round(ms / frame_ms)))
+
+
+def find_utterances(samples: np.ndarray, config: VadConfig = VadConfig()) -> list[Event]:
+    """All events for a whole recording (16 kHz mono int16), including the end of stream."""
+    endpointer = Endpointer(config)
+    return endpointer.push(samples) + endpointer.finish()

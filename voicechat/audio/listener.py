@@ -1,0 +1,123 @@
+"""Listening while the assistant may be speaking: microphone -> endpointer in a thread, with the
+turn-taking rule between the user's voice and the assistant's playback.
+
+Half-duplex (the default): while a reply plays, and for ``echo_tail_ms`` after it, the microphone
+is ignored, because with loudspeakers it hears the assistant. With ``barge_in`` (headphones),
+speech during playback interrupts it: playback is flushed, ``on_interrupt`` is called so the
+engine cancels the reply, and the new utterance is captured from its pre-roll as usual.
+:meth:`Listener.interrupt` does the same for a key press.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+
+from voicechat.audio.capture import Capture
+from voicechat.audio.endpointer import Endpointer
+from voicechat.audio.events import AudioEvent, DeviceFailed, Interrupted, SpeechStarted
+from voicechat.audio.resample import MODEL_RATE
+from voicechat.config import AudioConfig
+from voicechat.errors import AudioError
+
+
+class Speaker(Protocol):
+    """What the listener needs from the player."""
+
+    @property
+    def playing(self) -> bool: ...
+
+    @property
+    def played_s(self) -> float: ...
+
+    def flush(self) -> None: ...
+
+
+class Listener:
+    """``Listener(config, on_event, speaker, on_interrupt).start()``; events arrive on the
+    listener's thread. After a DeviceFailed event, :meth:`start` again (optionally with another
+    device) to reopen."""
+
+    def __init__(
+        self,
+        config: AudioConfig,
+        on_event: Callable[[AudioEvent], None],
+        speaker: Speaker | None = None,
+        on_interrupt: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.on_event = on_event
+        self.speaker = speaker
+        self.on_interrupt = on_interrupt or (lambda: None)
+        self.capture: Capture | None = None
+        self.endpointer: Endpointer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._deaf_until = 0.0  # half-duplex: ignore the microphone until then
+
+    def start(self, device: str | int | None = None) -> None:
+        """Open the microphone (``device``, else audio.input_device) and start listening. Raises
+        AudioError when the device cannot be opened."""
+        self.stop()
+        capture = Capture(device if device is not None else self.config.input_device,
+                          block_ms=self.config.capture_block_ms)
+        capture.open()
+        self.capture = capture
+        self.endpointer = None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="voicechat-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+        if self.capture is not None:
+            self.capture.close()
+            self.capture = None
+
+    def interrupt(self, by: str = "key") -> None:
+        """Cut the assistant's reply now (a key press, or speech in barge-in mode)."""
+        speaker = self.speaker
+        played = speaker.played_s if speaker is not None else 0.0
+        if speaker is not None:
+            speaker.flush()
+        self.on_interrupt()
+        self.on_event(Interrupted(t=time.monotonic(), played_s=played, by=by))  # type: ignore[arg-type]
+
+    # --- the listening thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        capture = self.capture
+        try:
+            while not self._stop.is_set():
+                block = capture.read(timeout=0.2)
+                if block is not None:
+                    self._block(block.samples, block.t_end)
+        except AudioError as error:
+            capture.close()
+            self.on_event(DeviceFailed(t=time.monotonic(), message=str(error)))
+
+    def _block(self, samples: np.ndarray, t_end: float) -> None:
+        if self.endpointer is None:
+            origin = t_end - samples.size / MODEL_RATE
+            self.endpointer = Endpointer(self.config.vad, origin=origin)
+        if self._half_duplex_deaf(t_end):
+            self.endpointer.skip(samples.size)
+            return
+        for event in self.endpointer.push(samples):
+            if isinstance(event, SpeechStarted) and self.speaker is not None and self.speaker.playing:
+                self.interrupt(by="speech")
+            self.on_event(event)
+
+    def _half_duplex_deaf(self, now: float) -> bool:
+        if self.config.barge_in or self.speaker is None:
+            return False
+        if self.speaker.playing:
+            self._deaf_until = now + self.config.echo_tail_ms / 1000
+            return True
+        return now < self._deaf_until

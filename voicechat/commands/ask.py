@@ -1,0 +1,98 @@
+"""`voicechat ask AUDIO`: one turn, headless, through the same engine as the app."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from voicechat.config import Config
+
+HELP = "ask one spoken (or --text) question and print the reply, its sources and timings"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("audio", nargs="?", type=Path, help="the question as an audio file (any rate)")
+    parser.add_argument("--text", help="a typed question instead of audio")
+    parser.add_argument("--out", type=Path, metavar="WAV", help="write the spoken reply here")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from voicechat.assemble import load_components
+    from voicechat.audio.files import read_audio, write_wav
+    from voicechat.audio.resample import to_model_input
+    from voicechat.engine import Engine, TurnInput
+    from voicechat.errors import VoicechatError
+    from voicechat.events import Event, StageFailed
+
+    if (args.audio is None) == (args.text is None):
+        raise VoicechatError("give either an audio file or --text \"question\"")
+    question = TurnInput(text=args.text)
+    if args.audio is not None:
+        samples, rate = read_audio(args.audio)
+        question = TurnInput(audio=to_model_input(samples, rate))
+    warnings: list[str] = []
+    with _progress() as report:
+        parts = load_components(config, report, on_warning=warnings.append)
+    failures: list[str] = []
+
+    def collect(event: Event) -> None:
+        if isinstance(event, StageFailed):
+            failures.append(f"{event.stage}: {event.message}")
+
+    try:
+        result = Engine(config, parts, collect).run_turn(question)
+    finally:
+        parts.close()
+    rate = parts.decoder.sample_rate
+    if args.out is not None:
+        write_wav(args.out, result.reply_audio, rate)
+    report_turn(args, result, rate, warnings + failures)
+    return 1 if failures else 0
+
+
+def report_turn(args: argparse.Namespace, result, rate: int, problems: list[str]) -> None:
+    finished = result.finished
+    if args.json:
+        print(json.dumps({
+            "reply": finished.reply_text,
+            "sources": [asdict(s) for s in result.sources],
+            "timings": asdict(finished.timings),
+            "reply_audio_seconds": round(result.reply_audio.size / rate, 3),
+            "problems": problems,
+        }, ensure_ascii=False, indent=2))
+        return
+    for problem in problems:
+        print(f"voicechat: warning: {problem}", file=sys.stderr)
+    print(finished.reply_text or "(no text in the reply)")
+    if result.sources:
+        print("\nsources:")
+        for s in result.sources:
+            print(f"  {s.rank}. {s.score:.3f} {s.file} {s.heading}".rstrip())
+    print("\ntimings (ms):")
+    for name, value in asdict(finished.timings).items():
+        if value is not None:
+            print(f"  {name:<24} {value:.0f}" if isinstance(value, float) else f"  {name:<24} {value}")
+
+
+class _progress:
+    """A progress bar on stderr while the models load."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.bar = Progress(TextColumn("loading {task.description}"), BarColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.task = self.bar.add_task("models", total=1)
+        self.bar.start()
+        return self.update
+
+    def update(self, step: str, done: int, total: int) -> None:
+        self.bar.update(self.task, description=step, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()

@@ -1,0 +1,74 @@
+"""voicechat detokenize TOKENS.json --out reply.wav [--chunks 10,25,50 | --whole]"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from voicechat.config import Config
+from voicechat.errors import VoicechatError
+
+HELP = "decode a list of GLM-4-Voice speech tokens to a WAV file, streamed chunk by chunk or in one pass"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tokens", type=Path, metavar="TOKENS.json",
+                        help="a JSON list of speech token ids (0-16383), or an object with a 'tokens' list")
+    parser.add_argument("--out", type=Path, required=True, metavar="WAV", help="where to write the audio")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--chunks", type=_schedule, metavar="N,N,...",
+                      help="streaming chunk sizes in tokens, the last repeating (default: decoder.chunk_schedule)")
+    mode.add_argument("--whole", action="store_true", help="decode all tokens in one pass instead of streaming")
+
+
+def _schedule(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive token counts separated by commas, got {text!r}")
+    return sizes
+
+
+def read_tokens(path: Path) -> list[int]:
+    try:
+        data: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VoicechatError(f"{path}: no such token file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VoicechatError(f"{path}: not a JSON token list ({error})") from None
+    if isinstance(data, dict):
+        data = data.get("tokens")
+    if not isinstance(data, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in data):
+        raise VoicechatError(f"{path}: expected a JSON list of integer speech token ids")
+    return data
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    import numpy as np
+
+    from voicechat.audio.files import write_wav
+    from voicechat.glm.decoder import SpeechDecoder
+    from voicechat.models import resolve_model
+
+    tokens = read_tokens(args.tokens)
+    spec = config.models.decoder
+    decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=spec.device, dtype=spec.dtype)
+    decoder.check_tokens(tokens)
+    if args.whole:
+        audio, how = decoder.decode(tokens, seed=config.decoder.seed), "in one pass"
+    else:
+        settings = config.decoder
+        if args.chunks:
+            settings = dataclasses.replace(settings, chunk_schedule=args.chunks)
+        session = decoder.session(settings)
+        pieces = [session.push([token]) for token in tokens]  # one at a time, as a language model sends them
+        pieces.append(session.finish())
+        audio, how = np.concatenate(pieces), f"in {session.chunks} chunks"
+    write_wav(args.out, audio, decoder.sample_rate)
+    print(f"{args.out}: {len(audio) / decoder.sample_rate:.2f} s from {len(tokens)} speech tokens, decoded {how}")
+    return 0

@@ -1,0 +1,444 @@
+"""One conversation: the pipeline of a turn, from the user's utterance to the reply's audio.
+
+For each question the engine tokenises the speech and retrieves passages concurrently, builds the
+prompt, streams the model's reply, shows its text as it comes and decodes its speech tokens chunk
+by chunk into the speaker. It reports everything as events (voicechat.events) and knows nothing
+about the UI: the TUI, `voicechat ask` and the evaluation harness drive it alike.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from voicechat.config import Config
+from voicechat.errors import VoicechatError
+from voicechat.events import (
+    AudioChunk, Event, PromptReady, Retrieved, SpeechTokenized, SpeechTokens, StageFailed, Source,
+    TextDelta, TurnFinished, TurnStarted, TurnTimings,
+)
+from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText, demux
+from voicechat.glm.lm import LMBackend, SamplingParams
+from voicechat.glm.prompt import Conversation, Passage, Prompt, PromptBuilder
+from voicechat.glm.text_tokenizer import GlmTextTokenizer
+
+SPEECH_RATE = 16000  # utterances arrive at the models' rate
+TOKENS_PER_SECOND = 12.5  # speech tokens per second of reply audio
+REWRITE_INSTRUCTION = (
+    "Do not answer yet. In one short sentence, state what information is needed to answer this question."
+)
+
+
+class SpeechTokenizer(Protocol):
+    def tokenize(self, samples: np.ndarray, rate: int) -> list[int]: ...
+
+
+class DecoderSession(Protocol):
+    def push(self, tokens: list[int]) -> np.ndarray: ...
+    def finish(self) -> np.ndarray: ...
+    def cancel(self) -> None: ...
+
+
+class SpeechDecoder(Protocol):
+    sample_rate: int
+
+    def session(self, config, cancel: threading.Event | None = None) -> DecoderSession: ...
+
+
+class Speaker(Protocol):
+    """Where reply audio goes: the player, or a collector when there is no device."""
+
+    def begin(self) -> None: ...
+    def push(self, audio: np.ndarray) -> bool: ...
+    def end(self) -> None: ...
+    def flush(self) -> None: ...
+
+    @property
+    def played_s(self) -> float: ...
+
+    @property
+    def underruns(self) -> int: ...
+
+
+class Retriever(Protocol):
+    def retrieve(self, mode: str, *, samples: np.ndarray | None = None, rate: int | None = None,
+                 question: str | None = None, k: int | None = None): ...
+    def rewrite(self, first, need: str, k: int | None = None): ...
+
+
+@dataclass
+class Components:
+    """Everything a conversation runs on, loaded once (see voicechat.assemble)."""
+
+    text_tokenizer: GlmTextTokenizer
+    prompts: PromptBuilder
+    backend: LMBackend
+    speech_tokenizer: SpeechTokenizer
+    decoder: SpeechDecoder
+    retriever: Retriever | None = None
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+@dataclass
+class Settings:
+    """What the user can switch while talking."""
+
+    rag: str
+    two_round: str
+    voice: str
+
+
+@dataclass
+class TurnInput:
+    audio: np.ndarray | None = None  # 16 kHz mono float32
+    text: str | None = None
+    speech_end_t: float | None = None  # when the user stopped speaking (endpointer's estimate)
+
+
+@dataclass
+class TurnResult:
+    finished: TurnFinished
+    sources: tuple[Source, ...]
+    reply_audio: np.ndarray
+    events: list[Event] = field(default_factory=list)
+
+
+class CollectingSpeaker:
+    """A speaker without a device: keeps the reply audio (for `voicechat ask` and evaluation)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[np.ndarray] = []
+        self.underruns = 0
+
+    def begin(self) -> None:
+        self.pieces = []
+
+    def push(self, audio: np.ndarray) -> bool:
+        self.pieces.append(audio)
+        return True
+
+    def end(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def played_s(self) -> float:
+        return float("inf")  # nothing is cut: all of it counts as heard
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
+
+
+class Engine:
+    def __init__(self, config: Config, parts: Components, emit: Callable[[Event], None],
+                 speaker: Speaker | None = None) -> None:
+        self.config = config
+        self.parts = parts
+        self.emit_to_driver = emit
+        self.speaker = speaker or CollectingSpeaker()
+        self.settings = Settings(config.retrieval.rag, config.retrieval.two_round, config.voice)
+        self.history = Conversation()
+        self.turns = 0
+        self.cancel = threading.Event()  # the user interrupted the current turn
+        self._linked: set[threading.Event] = set()
+        self._lock = threading.Lock()
+
+    # --- one turn ---------------------------------------------------------------------------------
+
+    def run_turn(self, question: TurnInput) -> TurnResult:
+        """Runs a whole turn on the calling thread; interrupt() from any thread cuts it short."""
+        self.cancel.clear()
+        self.turns += 1
+        return _Turn(self, self.turns, question).run()
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.cancel.set()
+            for event in self._linked:
+                event.set()
+        self.speaker.flush()
+
+    def linked_cancel(self) -> threading.Event:
+        """A cancel event of one stage: set by interrupt(), and settable by the stage alone."""
+        event = threading.Event()
+        with self._lock:
+            self._linked.add(event)
+            if self.cancel.is_set():
+                event.set()
+        return event
+
+    def unlink(self, event: threading.Event) -> None:
+        with self._lock:
+            self._linked.discard(event)
+
+    def reset(self) -> None:
+        self.history.clear()
+
+
+class _Turn:
+    """The state of one turn; its methods are the stages."""
+
+    def __init__(self, engine: Engine, number: int, question: TurnInput) -> None:
+        self.engine = engine
+        self.parts = engine.parts
+        self.config = engine.config
+        self.settings = Settings(**vars(engine.settings))  # a switch mid-turn applies to the next turn
+        self.number = number
+        self.question = question
+        self.events: list[Event] = []
+        self.sources: tuple[Source, ...] = ()
+        self.reply_text = ""
+        self.reply_ids: list[int] = []
+        self.audio: list[np.ndarray] = []
+        self.failed = False
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+        self.engine.emit_to_driver(event)
+
+    def run(self) -> TurnResult:
+        q = self.question
+        self.emit(TurnStarted(turn=self.number, question=q.text, audio=q.audio, speech_end_t=q.speech_end_t,
+                              mode=self.settings.rag, voice=self.settings.voice))
+        speech_tokens, retrieval = self.understand()
+        prompt = None
+        if not self.failed:
+            if self.settings.two_round == "rewrite" and retrieval is not None:
+                retrieval = self.rewrite(speech_tokens, retrieval)
+            prompt, outcome = self.answer(speech_tokens, retrieval, round_number=1)
+            if outcome == "fallback":
+                retrieval = self.retrieve("asr", round_number=2)
+                prompt, outcome = self.answer(speech_tokens, retrieval, round_number=2)
+        interrupted = self.engine.cancel.is_set()
+        if prompt is not None and not self.failed:
+            self.engine.history.add(prompt, self.heard_reply_ids(interrupted))
+        end_t = time.monotonic()
+        timings = TurnTimings.from_events(self.events, end_t=end_t, underruns=self.engine.speaker.underruns)
+        finished = TurnFinished(turn=self.number, reply_text=self.reply_text, interrupted=interrupted,
+                                timings=timings, t=end_t)
+        self.emit(finished)
+        audio = np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
+        return TurnResult(finished, self.sources, audio, self.events)
+
+    # --- understanding the question: speech tokens and retrieval, concurrently ------------------
+
+    def understand(self):
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="voicechat-turn") as pool:
+            tokens = pool.submit(self.tokenize) if self.question.audio is not None else None
+            mode = self.settings.rag if self.question.audio is not None else "text"
+            retrieval = pool.submit(self.retrieve, mode, 1) if self.settings.rag != "off" else None
+            return (tokens.result() if tokens else None), (retrieval.result() if retrieval else None)
+
+    def tokenize(self) -> list[int] | None:
+        started = time.monotonic()
+        try:
+            tokens = self.parts.speech_tokenizer.tokenize(self.question.audio, SPEECH_RATE)
+        except VoicechatError as error:
+            return self.fail("speech tokenizer", error)
+        self.emit(SpeechTokenized(started=started, count=len(tokens)))
+        return tokens
+
+    def retrieve(self, mode: str, round_number: int):
+        retriever = self.parts.retriever
+        if retriever is None:
+            return None
+        started = time.monotonic()
+        try:
+            if mode == "text":
+                result = retriever.retrieve("text", question=self.question.text)
+            else:
+                result = retriever.retrieve(mode, samples=self.question.audio, rate=SPEECH_RATE)
+        except VoicechatError as error:
+            return self.fail("retrieval", error, fatal=False)
+        self.show_sources(result, mode, round_number, started)
+        return result
+
+    def show_sources(self, result, mode: str, round_number: int, started: float) -> None:
+        self.sources = tuple(
+            Source(rank=i + 1, score=hit.score, file=hit.chunk.file, heading=hit.chunk.heading,
+                   lines=(hit.chunk.start, hit.chunk.end), text=hit.passage, injected=True)
+            for i, hit in enumerate(result.hits)
+        )
+        self.emit(Retrieved(started=started, mode=mode, round=round_number, sources=self.sources,
+                            query=result.query_text))
+
+    def rewrite(self, speech_tokens: list[int] | None, first):
+        """Two-round `rewrite`: the model says what it needs; that text is retrieved too."""
+        need = self.generate_text(speech_tokens, REWRITE_INSTRUCTION)
+        if not need or self.engine.cancel.is_set():
+            return first
+        started = time.monotonic()
+        try:
+            result = self.parts.retriever.rewrite(first, need)
+        except VoicechatError as error:
+            self.fail("retrieval", error, fatal=False)
+            return first
+        self.show_sources(result, "rewrite", 2, started)
+        return result
+
+    # --- answering ----------------------------------------------------------------------------------
+
+    def build_prompt(self, speech_tokens, retrieval, instruction: str) -> Prompt:
+        passages = [Passage(f"{hit.chunk.file}", hit.passage) for hit in (retrieval.hits if retrieval else [])]
+        return self.parts.prompts.build(
+            self.engine.history,
+            speech_tokens=speech_tokens if self.question.audio is not None else None,
+            text=self.question.text if self.question.audio is None else None,
+            passages=passages,
+            instruction=instruction,
+            max_tokens=self.config.generation.context_budget,
+        )
+
+    def sampling(self) -> SamplingParams:
+        preset = self.config.voice_preset(self.settings.voice)
+        stop = (self.parts.text_tokenizer.special.user,)
+        return SamplingParams.from_config(self.config.generation, stop, preset)
+
+    def answer(self, speech_tokens, retrieval, round_number: int) -> tuple[Prompt | None, str]:
+        """Streams the reply; the outcome is "done", "interrupted" or "fallback" (the reply said
+        it lacked information, and was dropped before any of its audio played)."""
+        from voicechat.retrieval.retriever import FALLBACK_INSTRUCTION
+
+        check_lead = (self.settings.two_round == "fallback" and round_number == 1
+                      and self.question.audio is not None and retrieval is not None)
+        instruction = self.config.voice_preset(self.settings.voice).instruction
+        if check_lead:
+            instruction = f"{FALLBACK_INSTRUCTION}\n{instruction}".strip()
+        try:
+            prompt = self.build_prompt(speech_tokens, retrieval, instruction)
+        except VoicechatError as error:
+            self.fail("prompt", error)
+            return None, "done"
+        self.emit(PromptReady(tokens=len(prompt.ids)))
+        self.reply_text, self.reply_ids, self.audio = "", [], []
+        return prompt, _Reply(self, prompt, check_lead).play()
+
+    def generate_text(self, speech_tokens, instruction: str) -> str:
+        """A short text-only generation (the rewrite round); speech tokens are ignored."""
+        try:
+            prompt = self.build_prompt(speech_tokens, None, instruction)
+        except VoicechatError:
+            return ""
+        params = self.sampling()
+        cancel = self.engine.linked_cancel()
+        text = ""
+        try:
+            tokens = self.parts.backend.stream(prompt.ids, params, cancel)
+            for event in demux(tokens, self.parts.text_tokenizer, params.stop_ids, params.max_new_tokens, cancel):
+                if isinstance(event, ReplyText):
+                    text += event.text
+                    if any(mark in text for mark in ".?!。？！\n"):
+                        cancel.set()  # one sentence is all we need
+                elif isinstance(event, ReplySpeech) and text:
+                    cancel.set()
+        finally:
+            self.engine.unlink(cancel)
+        return text.strip()
+
+    def heard_reply_ids(self, interrupted: bool) -> list[int]:
+        """The reply as the user heard it: after an interruption, speech tokens not played yet
+        (and the text that came with them) are not part of the conversation."""
+        if not interrupted:
+            return self.reply_ids
+        heard = int(self.engine.speaker.played_s * TOKENS_PER_SECOND)
+        special = self.parts.text_tokenizer.special
+        kept, speech = [], 0
+        for token in self.reply_ids:
+            if special.is_audio(token):
+                speech += 1
+                if speech > heard:
+                    break
+            kept.append(token)
+        return kept
+
+    def fail(self, stage: str, error: VoicechatError, fatal: bool = True):
+        self.emit(StageFailed(stage=stage, message=str(error)))
+        self.failed = self.failed or fatal
+        return None
+
+
+class _Reply:
+    """Streams one reply: text to the driver, speech tokens to the decoder thread, audio out."""
+
+    def __init__(self, turn: _Turn, prompt: Prompt, check_lead: bool) -> None:
+        self.turn = turn
+        self.prompt = prompt
+        self.check_lead = check_lead  # fallback mode: the leading text decides before any audio
+        self.tokens: queue.Queue[list[int] | None] = queue.Queue()
+        self.cancel = turn.engine.linked_cancel()
+
+    def play(self) -> str:
+        turn = self.turn
+        decoder = threading.Thread(target=self.decode, name="voicechat-decoder", daemon=True)
+        turn.engine.speaker.begin()
+        decoder.start()
+        try:
+            outcome = self.stream(turn.sampling())
+        finally:
+            self.tokens.put(None)
+            decoder.join()
+            turn.engine.unlink(self.cancel)
+        return outcome
+
+    def stream(self, params: SamplingParams) -> str:
+        turn = self.turn
+        tokens = turn.parts.backend.stream(self.prompt.ids, params, self.cancel)
+        for event in demux(tokens, turn.parts.text_tokenizer, params.stop_ids, params.max_new_tokens, self.cancel):
+            if isinstance(event, ReplyText):
+                turn.reply_text += event.text
+                turn.emit(TextDelta(text=event.text, t=event.t))
+            elif isinstance(event, ReplySpeech):
+                if self.check_lead and self.lacks_information():
+                    return "fallback"
+                turn.emit(SpeechTokens(count=len(event.tokens), t=event.t))
+                self.tokens.put(list(event.tokens))
+            elif isinstance(event, ReplyEnded):
+                turn.reply_ids = list(event.reply_ids)
+                return "interrupted" if event.reason == "cancelled" else "done"
+            elif isinstance(event, ReplyFailed):
+                turn.reply_ids = list(event.reply_ids)
+                turn.fail("language model", event.error)
+        return "done"
+
+    def lacks_information(self) -> bool:
+        """At the first speech token the leading text is known: a reply that says it lacks
+        information is dropped (cancelled before any of its audio was decoded)."""
+        from voicechat.retrieval.retriever import needs_fallback
+
+        self.check_lead = False
+        if needs_fallback(self.turn.reply_text):
+            self.cancel.set()
+            return True
+        return False
+
+    def decode(self) -> None:
+        turn = self.turn
+        speaker = turn.engine.speaker
+        session = turn.parts.decoder.session(turn.config.decoder, cancel=self.cancel)
+        try:
+            while (tokens := self.tokens.get()) is not None:
+                self.play_audio(session.push(tokens))
+            self.play_audio(session.finish())
+        except VoicechatError as error:
+            session.cancel()
+            turn.fail("speech decoder", error, fatal=False)
+        finally:
+            speaker.end()
+
+    def play_audio(self, audio: np.ndarray) -> None:
+        if audio.size == 0 or self.cancel.is_set():
+            return
+        turn = self.turn
+        if turn.engine.speaker.push(audio):
+            turn.audio.append(audio)
+            turn.emit(AudioChunk(samples=audio, rate=turn.parts.decoder.sample_rate))
