@@ -194,10 +194,8 @@ def needs_fallback(reply_text: str, lead_chars: int = 200) -> bool:
     return bool(_INSUFFICIENT.search(reply_text[:lead_chars]))
 
 
-# Prompt lines for the two-round modes (the engine puts them into the voice model's prompt).
+# The prompt line of the fallback mode, whose answer needs_fallback() reads.
 FALLBACK_INSTRUCTION = 'If the text information is insufficient, answer "insufficient information".'
-REWRITE_INSTRUCTION = ("Before answering, state in one sentence what information is needed to answer "
-                       "the question.")
 
 
 def load_retriever(config, modes: set[str], knowledge_dir: str | None = None) -> Retriever:
