@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "ask": "ask",
     "doctor": "doctor",
     "models": "models",
+    "index": "index",
+    "search": "search",
     "serve": "serve",
     "tokenize": "tokenize",
     "detokenize": "detokenize",

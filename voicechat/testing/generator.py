@@ -21,6 +21,8 @@ WRITERS: dict[str, str] = {
     "lm": "GLM-4-Voice-9B language model and text tokenizer",
     "speech_tokenizer": "GLM-4-Voice speech tokenizer (WhisperVQ)",
     "decoder": "GLM-4-Voice speech decoder (flow + HiFT)",
+    "sonar": "SONAR speech and text encoders (fairseq2 checkpoints and asset cards)",
+    "asr": "Whisper speech recogniser (Hugging Face format)",
 }
 
 

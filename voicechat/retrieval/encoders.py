@@ -1,0 +1,352 @@
+"""SONAR speech and text encoders, loaded through fairseq2 asset cards.
+
+A model source is either a fairseq2 card name (``sonar_speech_encoder_eng``,
+``text_sonar_basic_encoder``; downloaded into or read from fairseq2's cache) or the path of a card
+file (YAML) whose ``checkpoint:``/``tokenizer:`` name local files, relative to the card's folder.
+Both go through the same fairseq2 loaders. Encoders are loaded once, warmed with one input, and
+return L2-normalised float32 vectors, so that inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+import numpy as np
+
+from voicechat.config import ModelSpec
+from voicechat.errors import AudioError, ModelError
+
+log = logging.getLogger(__name__)
+
+ModelStatus = Literal["cached", "missing", "local"]
+
+SPEECH_RATE = 16000
+# w2v-BERT accepts 4096 fbank frames (stride 2, 10 ms hop): about 82 s. Longer audio is split into
+# equal segments no longer than this and their embeddings are averaged.
+MAX_SPEECH_SEGMENT_S = 60.0
+
+
+class SpeechEncoder(Protocol):
+    dim: int
+
+    def embed(self, audio_16k: np.ndarray) -> np.ndarray:
+        """16 kHz mono float32 samples -> (dim,) unit vector."""
+        ...
+
+
+class TextEncoder(Protocol):
+    dim: int
+
+    def embed(self, texts: Sequence[str], langs: Sequence[str] | str,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Texts (one language each) -> (n, dim) unit vectors."""
+        ...
+
+
+# --- cards ----------------------------------------------------------------------------------------
+
+
+def is_card_file(source: str) -> bool:
+    return source.endswith((".yaml", ".yml")) or Path(source).expanduser().is_dir()
+
+
+def card_file_path(source: str) -> Path:
+    path = Path(source).expanduser()
+    return path / "card.yaml" if path.is_dir() else path
+
+
+def load_card(source: str):
+    """A fairseq2 AssetCard from a card name or a card file."""
+    from fairseq2.assets import AssetCard, get_asset_store
+
+    if not is_card_file(source):
+        card = get_asset_store().maybe_retrieve_card(source)
+        if card is None:
+            raise ModelError(
+                f"unknown SONAR model {source!r}: give a fairseq2 card name such as "
+                "sonar_speech_encoder_eng or text_sonar_basic_encoder, or the path of a card file"
+            )
+        return card
+    metadata = _read_card_file(card_file_path(source))
+    base = None
+    if isinstance(metadata.get("base"), str):
+        base = get_asset_store().maybe_retrieve_card(metadata["base"])
+        if base is None:
+            raise ModelError(f"{source}: base card {metadata['base']!r} is not known to fairseq2")
+    return AssetCard(str(metadata["name"]), metadata, base)
+
+
+def _read_card_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        metadata = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such model card file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ModelError(f"{path}: cannot read model card ({str(error).splitlines()[0]})") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        raise ModelError(f"{path}: not a fairseq2 asset card (expected a mapping with a name)")
+    metadata["__base_path__"] = path.parent.resolve()
+    metadata["__source__"] = str(path)
+    return metadata
+
+
+def _card_uris(card) -> list[str]:
+    uris = [str(card.field("checkpoint").as_uri())]
+    if card.maybe_get_field("tokenizer") is not None:
+        uris.append(str(card.field("tokenizer").as_uri()))
+    return uris
+
+
+def sonar_model_status(source: str, cache_dir: Path | None = None) -> tuple[ModelStatus, Path | None]:
+    """Whether a SONAR model can be loaded without downloading, and where its checkpoint is:
+    "local" for card files whose files exist, "cached" when every remote file of the card is in
+    fairseq2's cache, else "missing". Never downloads."""
+    try:
+        card = load_card(source)
+        uris = _card_uris(card)
+    except ModelError:
+        return "missing", None
+    except Exception as error:  # a malformed card: fairseq2 raises its own errors
+        log.debug("card %s unreadable: %s", source, error)
+        return "missing", None
+    if cache_dir is None:
+        cache_dir = fairseq2_cache_dir()
+    paths: list[Path | None] = []
+    for uri in uris:
+        if uri.startswith("file:"):
+            path = _file_uri_path(uri)
+            paths.append(path if path.exists() else None)
+        else:
+            paths.append(next((cache_dir / _cache_key(uri)).glob("*"), None))
+    if any(path is None for path in paths):
+        return "missing", None
+    state: ModelStatus = "local" if all(u.startswith("file:") for u in uris) else "cached"
+    return state, paths[0]
+
+
+def download_sonar_model(source: str) -> Path:
+    """Fetch a card's checkpoint (and tokenizer) into fairseq2's cache; returns the checkpoint."""
+    from fairseq2.assets import AssetDownloadError, AssetDownloadManager
+    from fairseq2.runtime.dependency import get_dependency_resolver
+
+    card = load_card(source)
+    manager = get_dependency_resolver().resolve(AssetDownloadManager)
+    try:
+        checkpoint = manager.download_model(card.field("checkpoint").as_uri(), card.name)
+        if card.maybe_get_field("tokenizer") is not None:
+            manager.download_tokenizer(card.field("tokenizer").as_uri(), card.name)
+    except AssetDownloadError as error:
+        raise ModelError(f"cannot download SONAR model {source!r} ({error}); check the network and retry") from None
+    return Path(checkpoint)
+
+
+def fairseq2_cache_dir() -> Path:
+    from fairseq2.assets import AssetDirectoryAccessor
+    from fairseq2.runtime.dependency import get_dependency_resolver
+
+    return get_dependency_resolver().resolve(AssetDirectoryAccessor).get_cache_dir()
+
+
+def _cache_key(uri: str) -> str:
+    # fairseq2 keeps each downloaded asset in a folder named by the SHA-1 of its URI (24 digits).
+    return hashlib.sha1(uri.encode()).hexdigest()[:24]
+
+
+def _file_uri_path(uri: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(uri).path))
+
+
+def encoder_identity(spec: ModelSpec) -> dict[str, Any]:
+    """What the index records about the text encoder, computed without importing torch: the
+    source, the revision, and for card files a fingerprint of the checkpoint (its size and hashes
+    of its first and last MiB), so that replaced weights are noticed."""
+    identity: dict[str, Any] = {"source": spec.source, "revision": spec.revision}
+    if is_card_file(spec.source):
+        path = card_file_path(spec.source)
+        metadata = _read_card_file(path)
+        checkpoint = Path(str(metadata.get("checkpoint", "")))
+        if not checkpoint.is_absolute():
+            checkpoint = path.parent / checkpoint
+        identity["name"] = metadata["name"]
+        from voicechat.retrieval.index import file_fingerprint
+
+        identity["checkpoint"] = file_fingerprint(checkpoint) if checkpoint.is_file() else "missing"
+    return identity
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+
+
+def placement(spec: ModelSpec) -> Placement:
+    import torch
+
+    name = spec.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"unknown device {spec.device!r} for {spec.source}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"{spec.source}: device {name} was requested but no CUDA GPU is available; set device: cpu")
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if spec.dtype == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = dtypes[spec.dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ModelError(f"{spec.source}: float16 is not supported on the CPU; use float32 or bfloat16")
+    return Placement(device, dtype)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def _check_available(spec: ModelSpec, offline: bool) -> None:
+    if offline and sonar_model_status(spec.source)[0] == "missing":
+        raise ModelError(
+            f"SONAR model {spec.source!r} is not in the fairseq2 cache and offline mode is on; "
+            "run `voicechat models pull` while online, or point the config at a local card file"
+        )
+
+
+def _load_model(card, hub_loader: Callable[..., Any], spec: ModelSpec, where: Placement):
+    from fairseq2.assets import AssetCardError, AssetDownloadError
+
+    restrict = card.maybe_get_field("restrict")
+    if restrict is not None and restrict.as_(bool) is False:  # would unpickle arbitrary objects
+        raise ModelError(f"SONAR model {spec.source!r}: its card sets restrict: false; only weights-only "
+                         "checkpoints are loaded")
+    try:
+        # mmap: the checkpoint is paged in while copied into the model, not held twice in memory
+        return hub_loader(card, device=where.device, dtype=where.dtype, mmap=True)
+    except AssetDownloadError as error:
+        raise ModelError(f"cannot download SONAR model {spec.source!r} ({error}); check the network "
+                         "or use --offline with a cached model") from None
+    except (AssetCardError, FileNotFoundError) as error:
+        raise ModelError(f"SONAR model {spec.source!r} cannot be loaded: {error}") from None
+    except Exception as error:  # corrupt or mismatched checkpoints surface as many exception types
+        raise ModelError(f"SONAR model {spec.source!r} cannot be loaded; its checkpoint is unreadable "
+                         f"or does not match its card ({type(error).__name__}: {error})") from None
+
+
+class SonarTextEncoder:
+    """The SONAR text encoder and its NLLB tokenizer, e.g. ``text_sonar_basic_encoder``."""
+
+    def __init__(self, pipeline: Any, dim: int, batch_size: int = 32) -> None:
+        self._pipeline = pipeline
+        self.dim = dim
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, spec: ModelSpec, offline: bool = False, batch_size: int = 32) -> "SonarTextEncoder":
+        _check_available(spec, offline)
+        from fairseq2.data.tokenizers import load_tokenizer
+        from fairseq2.models import load_model
+        from sonar.inference_pipelines.text import TextToEmbeddingModelPipeline
+
+        where = placement(spec)
+        card = load_card(spec.source)
+        model = _load_model(card, load_model, spec, where)
+        try:
+            tokenizer = load_tokenizer(card)
+        except Exception as error:
+            raise ModelError(f"the tokenizer of SONAR model {spec.source!r} cannot be loaded ({error})") from None
+        pipeline = TextToEmbeddingModelPipeline(model, tokenizer, device=where.device, dtype=where.dtype)
+        encoder = cls(pipeline, 0, batch_size)
+        encoder.dim = int(encoder._raw(["warm up"], None).shape[1])  # the tokenizer's default language
+        return encoder
+
+    def embed(self, texts: Sequence[str], langs: Sequence[str] | str,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Batches hold texts of one language and similar length (fewer pad tokens)."""
+        if isinstance(langs, str):
+            langs = [langs] * len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: (langs[i], len(texts[i])))
+        start = 0
+        while start < len(order):
+            lang = langs[order[start]]
+            end = start
+            while end < len(order) and end - start < self.batch_size and langs[order[end]] == lang:
+                end += 1
+            batch = order[start:end]
+            out[batch] = self._raw([texts[i] for i in batch], lang)
+            if progress:
+                progress(len(batch))
+            start = end
+        return out
+
+    def _raw(self, texts: list[str], lang: str | None) -> np.ndarray:
+        vectors = self._pipeline.predict(texts, source_lang=lang, batch_size=len(texts))
+        return _normalise(vectors.float().cpu().numpy())
+
+
+class SonarSpeechEncoder:
+    """A SONAR speech encoder, e.g. ``sonar_speech_encoder_eng``. Input is 16 kHz mono."""
+
+    def __init__(self, pipeline: Any, dim: int) -> None:
+        self._pipeline = pipeline
+        self.dim = dim
+
+    @classmethod
+    def load(cls, spec: ModelSpec, offline: bool = False) -> "SonarSpeechEncoder":
+        _check_available(spec, offline)
+        from sonar.inference_pipelines.speech import SpeechToEmbeddingModelPipeline
+        from sonar.models.sonar_speech import get_sonar_speech_encoder_hub
+
+        where = placement(spec)
+        card = load_card(spec.source)
+        model = _load_model(card, get_sonar_speech_encoder_hub().load_model, spec, where)
+        pipeline = SpeechToEmbeddingModelPipeline(model, device=where.device, fbank_dtype=where.dtype)
+        encoder = cls(pipeline, 0)
+        encoder.dim = int(encoder.embed(np.zeros(SPEECH_RATE, dtype=np.float32)).shape[0])
+        return encoder
+
+    def embed(self, audio_16k: np.ndarray) -> np.ndarray:
+        import torch
+
+        audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
+        if audio.size < SPEECH_RATE // 10:  # the fbank front end needs a few frames
+            audio = np.pad(audio, (0, SPEECH_RATE // 10 - audio.size))
+        # The front end standardises each mel bin over time: silence or a steady tone has zero
+        # variance there and would give NaN. One int16 step of fixed-seed dither prevents that.
+        dither = np.random.default_rng(0).standard_normal(audio.size).astype(np.float32)
+        audio = audio + dither / 32768
+        segments = speech_segments(audio)
+        tensors = [torch.from_numpy(np.ascontiguousarray(s)).unsqueeze(0) for s in segments]
+        with torch.inference_mode():
+            vectors = self._pipeline.predict(tensors, batch_size=len(tensors))
+        vectors = _normalise(vectors.float().cpu().numpy())
+        if not np.isfinite(vectors).all():
+            raise AudioError("the speech encoder could not embed this audio (it produced NaN); "
+                             "check that the recording is not empty or clipped")
+        return _normalise(vectors.mean(axis=0, keepdims=True))[0]
+
+
+def speech_segments(audio: np.ndarray, max_s: float = MAX_SPEECH_SEGMENT_S) -> list[np.ndarray]:
+    """Audio longer than the encoder accepts, as equal consecutive segments within the limit."""
+    limit = int(max_s * SPEECH_RATE)
+    count = max(1, math.ceil(audio.size / limit))
+    return [s for s in np.array_split(audio, count)]
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

@@ -1,0 +1,233 @@
+"""Retrieval for a question: spoken (end to end, or through a transcript) or typed.
+
+- e2e: audio at any rate and channel count -> 16 kHz mono -> SONAR speech encoder -> index.
+- asr: audio -> Whisper transcript -> SONAR text encoder -> the same index.
+- text: a typed question -> SONAR text encoder -> index.
+
+Hits that share a parent passage are merged (the passage is what goes to the model), and hits
+below the score threshold are dropped. Two-round building blocks: ``rewrite`` embeds the voice
+model's one-sentence statement of what it needs and merges its hits with the first round's;
+``needs_fallback`` spots a reply that starts by saying the information is insufficient, after
+which the caller retrieves again through ``asr``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from voicechat.audio.resample import MODEL_RATE, to_model_input
+from voicechat.config import RetrievalConfig
+from voicechat.errors import AudioError, ModelError
+from voicechat.retrieval.chunking import detect_language
+from voicechat.retrieval.encoders import SpeechEncoder, TextEncoder
+from voicechat.retrieval.index import ChunkRecord, KnowledgeIndex
+
+Mode = Literal["e2e", "asr", "text"]
+CANDIDATES_PER_HIT = 4  # chunks fetched per requested passage, before merging by passage
+
+
+class Transcriber(Protocol):
+    def transcribe(self, audio_16k: np.ndarray) -> tuple[str, str | None]:
+        """16 kHz mono -> (text, SONAR language code or None when unknown)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved passage with the best-scoring chunk inside it."""
+
+    score: float
+    passage: str
+    chunk: ChunkRecord
+    chunk_ids: tuple[int, ...]  # every chunk of this passage that matched
+
+    @property
+    def source(self) -> str:
+        return self.chunk.file
+
+    @property
+    def location(self) -> str:
+        c = self.chunk
+        if c.start == c.end:
+            return f"{c.unit} {c.start}"
+        return f"{c.unit}s {c.start}-{c.end}"
+
+    def as_json(self) -> dict:
+        c = self.chunk
+        return {"score": round(self.score, 6), "file": c.file, "heading": c.heading, "unit": c.unit,
+                "start": c.start, "end": c.end, "lang": c.lang, "chunk_id": c.id,
+                "chunk_ids": list(self.chunk_ids), "text": c.text, "passage": self.passage}
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    mode: Mode
+    hits: list[Hit]
+    query_text: str | None = None  # the typed question or the transcript
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+class Retriever:
+    """Answers retrieval requests against one opened index. Encoders are loaded by the caller
+    (once) and passed in; a mode whose encoder is missing raises ModelError."""
+
+    def __init__(self, index: KnowledgeIndex, config: RetrievalConfig, *,
+                 speech: SpeechEncoder | None = None, text: TextEncoder | None = None,
+                 transcriber: Transcriber | None = None) -> None:
+        self.index = index
+        self.config = config
+        self.speech = speech
+        self.text_encoder = text
+        self.transcriber = transcriber
+
+    # modes
+
+    def e2e(self, samples: np.ndarray, rate: int, k: int | None = None) -> Retrieval:
+        audio = speech_input(samples, rate)
+        encoder = self._need(self.speech, "e2e", "SONAR speech encoder")
+        began = time.perf_counter()
+        vector = encoder.embed(audio)
+        embedded = time.perf_counter()
+        hits = self.search_vector(vector, k)
+        return Retrieval("e2e", hits, None, {"embed": embedded - began, "search": time.perf_counter() - embedded})
+
+    def asr(self, samples: np.ndarray, rate: int, k: int | None = None) -> Retrieval:
+        audio = speech_input(samples, rate)
+        transcriber = self._need(self.transcriber, "asr", "speech recogniser (Whisper)")
+        began = time.perf_counter()
+        transcript, lang = transcriber.transcribe(audio)
+        heard = time.perf_counter()
+        result = self.text(transcript, k, lang)
+        timings = {"asr": heard - began, **result.timings}
+        return Retrieval("asr", result.hits, transcript, timings)
+
+    def text(self, question: str, k: int | None = None, lang: str | None = None) -> Retrieval:
+        encoder = self._need(self.text_encoder, "text", "SONAR text encoder")
+        question = question.strip()
+        if not question:
+            return Retrieval("text", [], question, {})
+        lang = lang or detect_language(question, self.config.languages)
+        began = time.perf_counter()
+        vector = encoder.embed([question], lang)[0]
+        embedded = time.perf_counter()
+        hits = self.search_vector(vector, k)
+        return Retrieval("text", hits, question, {"embed": embedded - began, "search": time.perf_counter() - embedded})
+
+    def retrieve(self, mode: Mode, *, samples: np.ndarray | None = None, rate: int | None = None,
+                 question: str | None = None, k: int | None = None) -> Retrieval:
+        if mode == "text":
+            return self.text(question or "", k)
+        if samples is None or rate is None:
+            raise AudioError(f"retrieval mode {mode} needs audio")
+        return self.e2e(samples, rate, k) if mode == "e2e" else self.asr(samples, rate, k)
+
+    # two rounds
+
+    def rewrite(self, first: Retrieval, need: str, k: int | None = None) -> Retrieval:
+        """Second round of ``rewrite``: embed the stated information need, merge with round one."""
+        second = self.text(need, k)
+        hits = merge_hits([first.hits, second.hits], k or self.config.top_k)
+        timings = {**first.timings, **{f"rewrite_{name}": value for name, value in second.timings.items()}}
+        return Retrieval(first.mode, hits, need, timings)
+
+    # search
+
+    def search_vector(self, vector: np.ndarray, k: int | None = None) -> list[Hit]:
+        k = k or self.config.top_k
+        found = self.index.search(np.asarray(vector, dtype=np.float32)[None, :], k * CANDIDATES_PER_HIT)[0]
+        records = self.index.records(chunk_id for chunk_id, _ in found)
+        hits = [Hit(score, records[cid].passage, records[cid], (cid,)) for cid, score in found if cid in records]
+        hits = [h for h in hits if h.score >= self.config.score_threshold]
+        return merge_hits([hits], k)
+
+    @staticmethod
+    def _need(part, mode: str, what: str):
+        if part is None:
+            raise ModelError(f"retrieval mode {mode} needs the {what}, which is not loaded")
+        return part
+
+
+def speech_input(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Validated audio at the encoders' rate: 16 kHz mono float32."""
+    samples = np.asarray(samples)
+    if samples.size == 0:
+        raise AudioError("the question audio is empty")
+    if not rate or rate < 1000:
+        raise AudioError(f"invalid sample rate {rate} Hz for the question audio")
+    if samples.ndim > 2:
+        raise AudioError(f"question audio must be (samples,) or (samples, channels), got shape {samples.shape}")
+    audio = to_model_input(samples, int(rate), MODEL_RATE)
+    if not np.isfinite(audio).all():
+        raise AudioError("the question audio contains invalid samples (NaN or infinity)")
+    return audio
+
+
+def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
+    """One hit per parent passage (its best score, every matching chunk), best first."""
+    by_passage: dict[int, Hit] = {}
+    for hits in lists:
+        for hit in hits:
+            key = hit.chunk.passage_id
+            old = by_passage.get(key)
+            if old is None:
+                by_passage[key] = hit
+                continue
+            ids = tuple(dict.fromkeys(old.chunk_ids + hit.chunk_ids))
+            best = hit if hit.score > old.score else old
+            by_passage[key] = Hit(best.score, best.passage, best.chunk, ids)
+    return sorted(by_passage.values(), key=lambda h: -h.score)[:k]
+
+
+_INSUFFICIENT = re.compile(
+    r"insufficient\s+information|not\s+(?:entirely\s+|quite\s+|really\s+)?sure|"
+    r"信息不足|不确定|不太确定|无法确定", re.IGNORECASE)
+
+
+def needs_fallback(reply_text: str, lead_chars: int = 200) -> bool:
+    """True when the reply's leading text says the retrieved information is insufficient (the
+    phrases the fallback prompt asks for), so the caller should retrieve again through asr."""
+    return bool(_INSUFFICIENT.search(reply_text[:lead_chars]))
+
+
+# The prompt line of the fallback mode, whose answer needs_fallback() reads.
+FALLBACK_INSTRUCTION = 'If the text information is insufficient, answer "insufficient information".'
+
+
+def load_retriever(config, modes: set[str], knowledge_dir: str | None = None) -> Retriever:
+    """Open the configured index and load the encoders that ``modes`` need (once each).
+    ``config`` is the whole Config: this is where the model and retrieval sections meet."""
+    from voicechat.errors import KnowledgeIndexError
+    from voicechat.retrieval import index_location, sonar_spec
+    from voicechat.retrieval.encoders import SonarSpeechEncoder, SonarTextEncoder, encoder_identity
+
+    _, index_dir = index_location(config.retrieval, config.resolve_path, knowledge_dir)
+    index = KnowledgeIndex.open(index_dir)
+    speech = text = transcriber = None
+    try:
+        if modes & {"text", "asr"}:
+            built_with = (index.manifest.get("encoder") or {})
+            text_spec = sonar_spec(config.models.sonar_text, config.resolve_path)
+            current = encoder_identity(text_spec)
+            if built_with != current:
+                raise KnowledgeIndexError(
+                    f"{index_dir}: the index was built with text encoder {built_with.get('source')!r} but the "
+                    f"config now names {current['source']!r}; run `voicechat index` to rebuild it")
+            text = SonarTextEncoder.load(text_spec, config.offline)
+        if "e2e" in modes:
+            speech = SonarSpeechEncoder.load(sonar_spec(config.models.sonar_speech, config.resolve_path),
+                                             config.offline)
+        if "asr" in modes:
+            from voicechat.retrieval.asr import WhisperTranscriber, resolve_asr_model
+
+            transcriber = WhisperTranscriber.from_pretrained(
+                resolve_asr_model(config), config.models.asr, config.retrieval.asr_language,
+                config.retrieval.languages)
+    except BaseException:
+        index.close()
+        raise
+    return Retriever(index, config.retrieval, speech=speech, text=text, transcriber=transcriber)
