@@ -72,5 +72,5 @@ def test_ctrl_c_exits_130_without_traceback(monkeypatch: pytest.MonkeyPatch, cap
 def test_flags_become_config_overrides() -> None:
     args = cli.build_parser().parse_args(["--knowledge", "notes", "--rag", "asr", "--two-round", "rewrite",
                                           "--voice", "calm", "--offline", "models"])
-    assert cli.config_overrides(args) == {"retrieval.knowledge_dir": "notes", "retrieval.rag": "asr",
+    assert cli.config_overrides(args) == {"retrieval.knowledge_dir": str(Path.cwd() / "notes"), "retrieval.rag": "asr",
                                           "retrieval.two_round": "rewrite", "voice": "calm", "offline": True}

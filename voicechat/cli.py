@@ -93,6 +93,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "two_round": "retrieval.two_round",
     }
     overrides = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None)}
+    if "retrieval.knowledge_dir" in overrides:  # a path typed on the command line is relative to here
+        overrides["retrieval.knowledge_dir"] = str(Path(overrides["retrieval.knowledge_dir"]).expanduser().absolute())
     if getattr(args, "offline", None):
         overrides["offline"] = True
     return overrides

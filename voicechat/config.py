@@ -196,7 +196,6 @@ class RetrievalConfig:
     rag: Literal["e2e", "asr", "off"] = "e2e"
     two_round: Literal["off", "rewrite", "fallback"] = "off"
     languages: tuple[str, ...] = ("eng_Latn", "zho_Hans")
-    speech_language: str = "eng"
     asr_language: str | None = None  # Whisper language code ("en", "zh"); None: detected
     index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     chunking: ChunkingConfig = ChunkingConfig()

@@ -91,9 +91,22 @@ def model_checks(config: Config) -> list[Check]:
 
 
 def index_check(config: Config) -> Check:
-    knowledge = config.resolve_path(config.retrieval.knowledge_dir)
-    index_dir = config.resolve_path(config.retrieval.index_dir) if config.retrieval.index_dir else knowledge / ".voicechat-index"
+    from voicechat.errors import VoicechatError
+    from voicechat.retrieval import index_location
+    from voicechat.retrieval.index import KnowledgeIndex
+
+    knowledge, index_dir = index_location(config.retrieval, config.resolve_path)
     required = config.retrieval.rag != "off"
-    if not (index_dir / "manifest.json").is_file():
-        return Check("knowledge index", False, f"no index for {knowledge}", f"run `voicechat index {knowledge}`", required)
-    return Check("knowledge index", True, str(index_dir))
+    if not index_dir.is_dir():
+        return Check("knowledge index", False, f"no index for {knowledge}", f"run `voicechat index {knowledge}`",
+                     required)
+    try:
+        index = KnowledgeIndex.open(index_dir)
+    except VoicechatError as error:
+        return Check("knowledge index", False, str(error), f"run `voicechat index {knowledge}`", required)
+    try:
+        stats = index.stats()
+    finally:
+        index.close()
+    return Check("knowledge index", True,
+                 f"{stats['files']} files, {stats['chunks']} chunks, {stats['index_type']}: {index_dir}")

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,10 +137,12 @@ class Store:
 
     def __init__(self, path: Path, create: bool = False) -> None:
         self.path = path
+        self.lock = threading.Lock()
         if not create and not path.is_file():
             raise KnowledgeIndexError(f"{path.parent}: no knowledge index here; build it with `voicechat index DIR`")
         try:
-            self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            # The engine searches from worker threads; reads are serialised by self.lock.
+            self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
@@ -192,14 +195,15 @@ class Store:
     def records(self, ids: Iterable[int]) -> dict[int, ChunkRecord]:
         ids = [int(i) for i in ids]
         out: dict[int, ChunkRecord] = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
-            rows = self.db.execute(
-                "SELECT c.id, c.file, c.heading, c.start, c.end, c.unit, c.lang, c.text, p.id, p.text "
-                f"FROM chunks c JOIN passages p ON p.id = c.passage_id WHERE c.id IN ({marks})", part)
-            for row in rows:
-                out[row[0]] = ChunkRecord(*row)
+        with self.lock:
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                marks = ",".join("?" * len(part))
+                rows = self.db.execute(
+                    "SELECT c.id, c.file, c.heading, c.start, c.end, c.unit, c.lang, c.text, p.id, p.text "
+                    f"FROM chunks c JOIN passages p ON p.id = c.passage_id WHERE c.id IN ({marks})", part)
+                for row in rows:
+                    out[row[0]] = ChunkRecord(*row)
         return out
 
     def add_file(self, path: str, stat: tuple[int, int, str], chunks: list[Chunk], langs: list[str],
