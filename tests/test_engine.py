@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.assemble import load_components
@@ -16,10 +18,11 @@ from voicechat.config import Config
 from voicechat.engine import Components, Engine, TurnInput
 from voicechat.errors import BackendError
 from voicechat.events import (
-    AudioChunk, Event, PromptReady, SpeechTokenized, SpeechTokens, StageFailed, TextDelta, TurnFinished,
+    AudioChunk, Event, PromptReady, Retrieved, SpeechTokenized, SpeechTokens, StageFailed, TextDelta, TurnFinished,
     TurnStarted,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 SAMPLES_PER_TOKEN = 1764  # 22050 Hz / 12.5 tokens per second
 
 
@@ -161,3 +164,93 @@ def test_history_grows_and_old_turns_are_dropped_to_fit_the_budget(config: Confi
     engine.config = tight
     engine.run_turn(TurnInput(text="fourth question"))
     assert sizes[-1] <= full - 1
+
+
+# --- with retrieval over the sample knowledge folder --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rag_config(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:  # noqa: F811
+    from voicechat.cli import main
+
+    folder = tmp_path_factory.mktemp("rag")
+    config = dataclasses.replace(tiny_config, retrieval=dataclasses.replace(
+        tiny_config.retrieval, rag="e2e", index_dir=str(folder / "index"), knowledge_dir=str(REPO / "knowledge")))
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load((Path(tiny_config.source)).read_text()),
+                                    "retrieval": {"index_dir": str(folder / "index"),
+                                                  "knowledge_dir": str(REPO / "knowledge")}}))
+    assert main(["--config", str(path), "index", str(REPO / "knowledge")]) == 0
+    return config
+
+
+@pytest.fixture(scope="module")
+def rag_parts(rag_config: Config) -> Iterator[Components]:
+    config = dataclasses.replace(rag_config, retrieval=dataclasses.replace(rag_config.retrieval, two_round="fallback"))
+    loaded = load_components(config)  # fallback: the asr encoder too
+    yield loaded
+    loaded.close()
+
+
+class ScriptedFirstReply:
+    """Test double around the real backend: the first reply is scripted text (then speech
+    tokens), later replies come from the model."""
+
+    def __init__(self, parts: Components, text: str) -> None:
+        tokenizer = parts.text_tokenizer
+        self.script = tokenizer.encode(text) + tokenizer.audio_ids([1, 2, 3]) + [tokenizer.special.user]
+        self.real = parts.backend
+        self.calls = 0
+
+    def stream(self, prompt_ids, params, cancel):
+        self.calls += 1
+        if self.calls > 1:
+            yield from self.real.stream(prompt_ids, params, cancel)
+            return
+        for token in self.script:
+            if cancel.is_set():
+                return
+            yield token
+
+    def close(self) -> None: ...
+
+
+def test_spoken_question_retrieves_sources_that_go_into_the_prompt(rag_config: Config, rag_parts: Components) -> None:
+    events, result = run(rag_config, rag_parts, TurnInput(audio=question_audio(2.0)))
+    (retrieved,) = [e for e in events if isinstance(e, Retrieved)]
+    assert retrieved.mode == "e2e" and len(retrieved.sources) == rag_config.retrieval.top_k
+    knowledge_files = {str(p.relative_to(REPO / "knowledge")) for p in (REPO / "knowledge").rglob("*") if p.is_file()}
+    assert {s.file for s in retrieved.sources} <= knowledge_files
+    assert result.sources == retrieved.sources
+    no_rag = dataclasses.replace(rag_config, retrieval=dataclasses.replace(rag_config.retrieval, rag="off"))
+    plain, _ = run(no_rag, rag_parts, TurnInput(audio=question_audio(2.0)))
+    prompt = lambda evs: next(e.tokens for e in evs if isinstance(e, PromptReady))  # noqa: E731
+    assert prompt(events) > prompt(plain) + 100  # the passages are in the prompt
+
+
+def test_typed_question_is_retrieved_as_text(rag_config: Config, rag_parts: Components) -> None:
+    events, _ = run(rag_config, rag_parts, TurnInput(text="How long should green tea steep?"))
+    (retrieved,) = [e for e in events if isinstance(e, Retrieved)]
+    assert retrieved.mode == "text" and retrieved.query == "How long should green tea steep?"
+
+
+def test_rewrite_round_retrieves_what_the_model_says_it_needs(rag_config: Config, rag_parts: Components) -> None:
+    need = "The steeping time of green tea."
+    parts = dataclasses.replace(rag_parts, backend=ScriptedFirstReply(rag_parts, need))
+    config = dataclasses.replace(rag_config, retrieval=dataclasses.replace(rag_config.retrieval, two_round="rewrite"))
+    events, result = run(config, parts, TurnInput(audio=question_audio(2.0)))
+    rounds = [(e.round, e.mode, e.query) for e in events if isinstance(e, Retrieved)]
+    assert rounds == [(1, "e2e", None), (2, "rewrite", need)]
+    assert result.finished.reply_text  # then the model answered
+
+
+def test_fallback_drops_an_uninformed_reply_before_any_audio_and_retrieves_via_asr(
+        rag_config: Config, rag_parts: Components) -> None:
+    parts = dataclasses.replace(rag_parts, backend=ScriptedFirstReply(rag_parts, "insufficient information"))
+    config = dataclasses.replace(rag_config, retrieval=dataclasses.replace(rag_config.retrieval, two_round="fallback"))
+    events, result = run(config, parts, TurnInput(audio=question_audio(2.0)))
+    rounds = [(e.round, e.mode) for e in events if isinstance(e, Retrieved)]
+    assert rounds == [(1, "e2e"), (2, "asr")]
+    second_prompt = [i for i, e in enumerate(events) if isinstance(e, PromptReady)][1]
+    assert not any(isinstance(e, (AudioChunk, SpeechTokens)) for e in events[:second_prompt])
+    assert "insufficient information" not in result.finished.reply_text
