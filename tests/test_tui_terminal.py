@@ -20,6 +20,7 @@ import yaml
 from tests.support.pulse import MIC_RATE, PulseServer, start_private_server
 from tests.support.speech import espeak_available, speak
 from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
+from voicechat.cli import main
 from voicechat.sessions import read_turns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +62,9 @@ def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Itera
         pytest.skip("tmux and espeak-ng are needed")
     config = yaml.safe_load((tiny_models_dir / "config.yaml").read_text())
     config["sessions"] = {"dir": str(tmp_path / "sessions")}
-    config["retrieval"] = {**config.get("retrieval", {}), "rag": "off"}
+    config["retrieval"] = {"rag": "e2e", "index_dir": str(tmp_path / "index"), "knowledge_dir": str(REPO / "knowledge")}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["--config", str(tmp_path / "config.yaml"), "index", str(REPO / "knowledge")]) == 0
     name = f"voicechat-test-{os.getpid()}"
     env = {**pulse.env, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"}
     command = f"{sys.executable} -m voicechat --config {tmp_path / 'config.yaml'}; sleep 30"
@@ -79,6 +81,7 @@ def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: 
     pulse.play(padded, MIC_RATE).wait(timeout=60)
     screen = terminal.wait_until(lambda s: "total" in s and "LISTENING" in s, 300, "the turn to complete")
     assert "Assistant" in screen
+    assert re.search(r"^\W*1\s+0\.\d{3}\s+✔", screen, re.M)  # the sources panel: rank, score, used
     assert re.search(r"first audio\s+█+\s+\d+", screen)  # the timings panel has the turn
     (log,) = (tmp_path / "sessions").glob("*/turns.jsonl")
     (turn,) = read_turns(log)
