@@ -28,6 +28,7 @@ import numpy as np
 
 from voicechat.audio.resample import to_model_input
 from voicechat.errors import AudioError, ModelError
+from voicechat.placement import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from voicechat.glm.whisper_vq import WhisperVQEncoder
 
 WINDOW_SECONDS = 30
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -70,7 +70,8 @@ class SpeechTokenizer:
             raise ModelError(f"{folder}: no such speech tokenizer folder")
         model = load_encoder(folder)
         features = _feature_extractor(folder / "preprocessor_config.json", model.config.num_mel_bins)
-        model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
+        where = resolve_device(device)
+        model.to(device=where, dtype=resolve_dtype(dtype, where))
         model.codebook.float()  # nearest-code search stays in float32 whatever the compute dtype
         return cls(model, features)
 
@@ -185,31 +186,3 @@ def _feature_extractor(path: Path, mel_bins: int) -> WhisperFeatureExtractor:
         raise ModelError(f"{path}: feature_size {extractor.feature_size} does not match the model's "
                          f"num_mel_bins {mel_bins}")
     return extractor
-
-
-def resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} was requested but no CUDA GPU is available; use cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ModelError(f"device {name!r} does not exist; {torch.cuda.device_count()} GPU(s) are visible")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError("device 'mps' was requested but is not available; use cpu")
-    return device
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    import torch
-
-    if name == "auto":
-        return torch.float32
-    if name not in DTYPES:
-        raise ModelError(f"unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
-    return getattr(torch, name)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import numpy as np
 
 from voicechat.config import ModelSpec
+from voicechat.placement import resolve_device, resolve_dtype
 from voicechat.errors import AudioError, ModelError
 
 log = logging.getLogger(__name__)
@@ -195,20 +196,8 @@ class Placement:
 def placement(spec: ModelSpec) -> Placement:
     import torch
 
-    name = spec.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelError(f"unknown device {spec.device!r} for {spec.source}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"{spec.source}: device {name} was requested but no CUDA GPU is available; set device: cpu")
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if spec.dtype == "auto":
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = dtypes[spec.dtype]
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device, gpu_default="float16")
     if device.type == "cpu" and dtype == torch.float16:
         raise ModelError(f"{spec.source}: float16 is not supported on the CPU; use float32 or bfloat16")
     return Placement(device, dtype)

@@ -12,6 +12,7 @@ from torch import nn
 
 from voicechat.config import DecoderConfig
 from voicechat.errors import ModelError
+from voicechat.placement import resolve_device, resolve_dtype
 from voicechat.glm.decoder.config import DecoderFiles, load_decoder_config
 from voicechat.glm.decoder.flow import MaskedDiffWithXvec, frames_for_tokens
 from voicechat.glm.decoder.hift import HiFTGenerator, sine_waves
@@ -19,7 +20,6 @@ from voicechat.glm.decoder.noise import ReferenceNoise, ReplyNoise
 
 CONFIG_FILE, FLOW_FILE, HIFT_FILE = "config.yaml", "flow.pt", "hift.pt"
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 Noise = ReplyNoise | ReferenceNoise
 
@@ -43,8 +43,8 @@ class SpeechDecoder:
         if not folder.is_dir():
             raise ModelError(f"{folder}: no such decoder folder; it should hold {CONFIG_FILE}, {FLOW_FILE} and {HIFT_FILE}")
         files = load_decoder_config(folder / CONFIG_FILE)
-        device = _device(device)
-        dtype = _dtype(dtype)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
         with torch.device("meta"):  # no memory or random init for weights that are loaded next
             flow, hift = MaskedDiffWithXvec(files.flow), HiFTGenerator(files.hift)
         flow = _load(flow, folder / FLOW_FILE, "flow")
@@ -127,28 +127,6 @@ class SpeechDecoder:
         from voicechat.glm.decoder.session import DecoderSession
 
         return DecoderSession(self, config, cancel)
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ModelError(f"unknown device {device!r} ({error})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device} was requested but no CUDA GPU is available; use device 'cpu'")
-    return device
-
-
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.float32
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r} for the decoder; use one of: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def _load(model: nn.Module, path: Path, what: str) -> nn.Module:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from voicechat.errors import ModelError
+from voicechat.placement import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -193,8 +194,8 @@ def load_glm(path: Path, device: str = "auto", dtype: str = "auto", quantization
     import torch
     from transformers import GlmForCausalLM
 
-    torch_device = _pick_device(device)
-    torch_dtype = _pick_dtype(dtype, torch_device)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device, gpu_default="bfloat16")
     config = glm_config(read_chatglm_config(path))
     quantize = _quantizer(quantization, torch_device)
     with torch.device("meta"):
@@ -255,28 +256,6 @@ def _rebuild_rotary(model: GlmForCausalLM, config: GlmConfig, device: torch.devi
     leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if leftover:
         raise ModelError(f"the checkpoint did not provide {leftover[0]}")
-
-
-def _pick_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} was asked for but no CUDA GPU is available; use device: cpu or auto")
-    return chosen
-
-
-def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
 def _quantizer(quantization: str, device: torch.device) -> Callable[[Any, str, Any], bool] | None:
