@@ -12,6 +12,7 @@ Run from the repository root: python scripts/bench_engine.py [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -111,7 +112,8 @@ def bench_tiny_turns(config: Config, turns: int) -> dict:
         path = Path(folder) / "config.yaml"
         path.write_text(yaml.safe_dump(data))
         config = load_config(path)
-        main(["--config", str(path), "index", str(REPO / "knowledge")])
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+            main(["--config", str(path), "index", str(REPO / "knowledge")])
         parts = load_components(config)
         engine = Engine(config, parts, lambda event: None)
         speech = _espeak("How long should green tea steep?")
