@@ -134,8 +134,10 @@ class SpeechTokenizer:
         return tokens
 
     def _windows(self, utterance: int, audio: np.ndarray) -> list[_Window]:
-        """Features of one utterance's 30 s windows, padded as the reference pads them together."""
-        if audio.size == 0:
+        """Features of one utterance's 30 s windows, padded as the reference pads them together.
+        Audio shorter than one token (80 ms) is no utterance: no tokens, where the reference would
+        make one token of it."""
+        if audio.size < self.samples_per_token:
             return []
         pieces = [audio[start : start + self.window_samples] for start in range(0, audio.size, self.window_samples)]
         extracted = self.feature_extractor(
