@@ -222,6 +222,8 @@ def test_spoken_question_retrieves_sources_that_go_into_the_prompt(rag_config: C
     knowledge_files = {str(p.relative_to(REPO / "knowledge")) for p in (REPO / "knowledge").rglob("*") if p.is_file()}
     assert {s.file for s in retrieved.sources} <= knowledge_files
     assert result.sources == retrieved.sources
+    timings = result.finished.timings
+    assert 0 < timings.embed_ms + timings.search_ms <= timings.retrieve_ms
     no_rag = dataclasses.replace(rag_config, retrieval=dataclasses.replace(rag_config.retrieval, rag="off"))
     plain, _ = run(no_rag, rag_parts, TurnInput(audio=question_audio(2.0)))
     prompt = lambda evs: next(e.tokens for e in evs if isinstance(e, PromptReady))  # noqa: E731

@@ -210,3 +210,13 @@ def test_main_screen_snapshot(snap_compare, control: RecordingControl) -> None:
         await pilot.pause()
 
     assert snap_compare(VoicechatApp(Config(), control), terminal_size=(140, 36), run_before=run_before)
+
+
+@pytest.mark.parametrize("key", ["question_mark", "c"])
+def test_help_and_config_screen_snapshots(snap_compare, control: RecordingControl, key: str) -> None:
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        await pilot.press(key)
+        await pilot.pause()
+
+    assert snap_compare(VoicechatApp(Config(), control), terminal_size=(120, 36), run_before=run_before)

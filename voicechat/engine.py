@@ -269,8 +269,9 @@ class _Turn:
                    lines=(hit.chunk.start, hit.chunk.end), text=hit.passage, injected=True)
             for i, hit in enumerate(result.hits)
         )
+        stage_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
         self.emit(Retrieved(started=started, mode=mode, round=round_number, sources=self.sources,
-                            query=result.query_text))
+                            query=result.query_text, stage_ms=stage_ms))
 
     def rewrite(self, speech_tokens: list[int] | None, first):
         """Two-round `rewrite`: the model says what it needs; that text is retrieved too."""

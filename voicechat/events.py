@@ -81,6 +81,7 @@ class Retrieved(Event):
     round: int
     sources: tuple[Source, ...]
     query: str | None = None  # the text searched for (asr transcript, rewrite), if any
+    stage_ms: dict[str, float] = field(default_factory=dict)  # e.g. asr, embed, search
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class TurnTimings:
     endpoint_delay_ms: float | None = None
     tokenize_ms: float | None = None
     retrieve_ms: float | None = None
+    embed_ms: float | None = None  # within retrieve_ms: the question's embedding (after ASR in asr mode)
+    search_ms: float | None = None  # within retrieve_ms: the index search
     prompt_tokens: int | None = None
     first_token_ms: float | None = None
     first_text_ms: float | None = None
@@ -141,12 +144,16 @@ class TurnTimings:
             first = next((e for e in events if isinstance(e, kind)), None)
             return None if first is None else (first.t - first.started) * 1000  # type: ignore[attr-defined]
 
+        retrieved = next((e for e in events if isinstance(e, Retrieved)), None)
+        stages = retrieved.stage_ms if retrieved else {}
         first_token = min((e.t for e in events if isinstance(e, (TextDelta, SpeechTokens))), default=None)
         prompt = next((e for e in events if isinstance(e, PromptReady)), None)
         return cls(
             endpoint_delay_ms=(start.t - zero) * 1000 if start.speech_end_t is not None else None,
             tokenize_ms=duration(SpeechTokenized),
             retrieve_ms=duration(Retrieved),
+            embed_ms=stages.get("embed"),
+            search_ms=stages.get("search"),
             prompt_tokens=prompt.tokens if prompt else None,
             first_token_ms=None if first_token is None else (first_token - zero) * 1000,
             first_text_ms=since(TextDelta),

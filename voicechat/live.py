@@ -197,6 +197,9 @@ class LiveConversation:
             if self.player is not None and not result.finished.interrupted:
                 self.player.wait(WAIT_FOR_PLAYBACK_S)
             self._remember(question, result)
+        except Exception as error:  # noqa: BLE001 - a bug in one turn must not end the conversation
+            log.exception("turn failed")
+            self.emit(StageFailed(stage="turn", message=f"{type(error).__name__}: {error}"))
         finally:
             self.busy.clear()
             self._listening()

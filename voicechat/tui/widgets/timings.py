@@ -19,7 +19,8 @@ MILESTONES = [
     ("first audio", "first_audio_ms"),
     ("total", "total_ms"),
 ]
-DURATIONS = [("tokenize", "tokenize_ms"), ("retrieve", "retrieve_ms")]
+DURATIONS = [("tokenize", "tokenize_ms"), ("retrieve", "retrieve_ms"), ("  embed", "embed_ms"),
+             ("  search", "search_ms")]
 BAR_WIDTH = 28
 
 
