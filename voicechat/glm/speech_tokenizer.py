@@ -19,7 +19,6 @@ runs many utterances in batches of windows and gives the same tokens as `tokeniz
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -172,14 +171,9 @@ class SpeechTokenizer:
 def _feature_extractor(path: Path, mel_bins: int) -> WhisperFeatureExtractor:
     from transformers import WhisperFeatureExtractor
 
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing; a speech tokenizer folder needs its preprocessor_config.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: not a readable JSON file ({error})") from None
-    if not isinstance(settings, dict):
-        raise ModelError(f"{path}: expected a JSON object")
+    from voicechat.glm.whisper_vq import read_json_object
+
+    settings = read_json_object(path)
     try:
         extractor = WhisperFeatureExtractor(**settings)
     except (TypeError, ValueError) as error:

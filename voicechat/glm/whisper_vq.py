@@ -69,15 +69,7 @@ class WhisperVQConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> WhisperVQConfig:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelError(f"{path}: missing; a speech tokenizer folder needs its config.json") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelError(f"{path}: not a readable JSON config ({error})") from None
-        if not isinstance(data, dict):
-            raise ModelError(f"{path}: expected a JSON object")
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json_object(path), str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> WhisperVQConfig:
@@ -379,3 +371,16 @@ def _some(names: list[str]) -> str:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def read_json_object(path: Path) -> dict:
+    """A speech tokenizer folder's JSON file (config.json, preprocessor_config.json)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; a speech tokenizer folder needs its {path.name}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: not a readable JSON config ({error})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
