@@ -188,7 +188,8 @@ class LiveConversation:
             self.emit(StageFailed(stage="session log", message=str(error)))
 
     def _listening(self) -> None:
-        self.emit(StateChanged("muted" if self.muted else "listening"))
+        detail = "" if self.listener is not None else "no microphone: press / to type"
+        self.emit(StateChanged("muted" if self.muted else "listening", detail))
 
     def _turn(self, question: TurnInput) -> None:
         self.busy.set()
