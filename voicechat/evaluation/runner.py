@@ -29,7 +29,7 @@ from voicechat.config import Config
 from voicechat.errors import VoicechatError
 from voicechat.evaluation import metrics
 from voicechat.evaluation.datasets import Question
-from voicechat.evaluation.speech import SpeechSource, _safe
+from voicechat.evaluation.speech import SpeechSource, safe_name
 
 MODES: dict[str, tuple[str, str]] = {  # mode -> (engine rag, engine two_round)
     "e2e": ("e2e", "off"),
@@ -111,7 +111,7 @@ def check_run_info(out_dir: Path, info: dict) -> None:
 
 
 def doc_key(question: Question, key: str) -> str:
-    return f"{_safe(question.id)}/{key}"
+    return f"{safe_name(question.id)}/{key}"
 
 
 class Scopes:

@@ -90,7 +90,7 @@ def synthesise(questions, out_dir: Path, speed: int = 160) -> SpeechSource:
         raise VoicechatError("--synth needs espeak-ng; install it (e.g. apt install espeak-ng)")
     files = {}
     for question in questions:
-        target = out_dir / _safe(question.id) / "question.wav"
+        target = out_dir / safe_name(question.id) / "question.wav"
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             voice = ESPEAK_VOICES.get(question.lang, "en-us")
@@ -104,5 +104,5 @@ def synthesise(questions, out_dir: Path, speed: int = 160) -> SpeechSource:
     return SpeechSource("synthetic", f"espeak-ng synthesis in {out_dir}", files, {})
 
 
-def _safe(question_id: str) -> str:
+def safe_name(question_id: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in question_id) or "_"
