@@ -32,7 +32,7 @@ class SpeechSource:
 
     def path(self, question_id: str) -> Path:
         try:
-            return self.files[question_id]
+            return self.files.get(question_id) or self.files[safe_name(question_id)]
         except KeyError:
             raise VoicechatError(f"no recording of question {question_id} in {self.description}; "
                                  "record it or use --limit/--synth") from None
