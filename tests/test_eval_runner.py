@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
+from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
 from voicechat.cli import main
 from voicechat.errors import VoicechatError
 from voicechat.evaluation.runner import RESULTS, ResultsFile, parse_modes
