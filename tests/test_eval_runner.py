@@ -112,3 +112,15 @@ def test_rgb_with_synthetic_speech_is_marked_synthetic(tmp_path: Path, tiny_mode
     assert all("rejected" in r["metrics"] and "accuracy" in r["metrics"] for r in records)
     assert "Synthetic speech" in (out / "summary.md").read_text()
     assert json.loads((out / "summary.json").read_text())["run"]["speech"]["synthetic"] is True
+
+
+def test_limit_takes_the_first_questions_or_a_seeded_random_slice() -> None:
+    from voicechat.commands.eval import choose
+
+    items = list(range(10))
+    assert choose(items, 3, None) == [0, 1, 2]
+    picked = choose(items, 3, seed=7)
+    assert picked == choose(items, 3, seed=7) and len(picked) == 3 and picked == sorted(picked)
+    assert choose(items, None, None) == items
+    with pytest.raises(VoicechatError, match="--limit must be at least 1"):
+        choose(items, 0, None)
