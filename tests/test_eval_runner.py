@@ -86,14 +86,15 @@ def test_hotpotqa_modes_side_by_side_then_rerun_skips_finished_questions(
 
 
 @pytest.mark.slow
-def test_global_scope_searches_every_question_passages(tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
+def test_global_scope_searches_every_question_passages_in_one_and_two_rounds(tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
     speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
     out = tmp_path / "run"
     assert main(["--config", str(tiny_models_dir / "config.yaml"), "eval", "hotpotqa", str(DATA / "hotpot_small.json"),
-                 "--speech", str(speech), "--modes", "e2e", "--scope", "global", "--out", str(out)]) == 0
+                 "--speech", str(speech), "--modes", "e2e,rewrite", "--scope", "global", "--out", str(out)]) == 0
     records = _lines(out / RESULTS)
     every = {"q1/0", "q1/1", "q1/2", "q2/0", "q2/1"}
-    assert [len(r["retrieved"]) for r in records] == [4, 4] and all(set(r["retrieved"]) <= every for r in records)
+    assert [r["mode"] for r in records] == ["e2e", "rewrite", "e2e", "rewrite"]
+    assert all(len(r["retrieved"]) == 4 and set(r["retrieved"]) <= every for r in records)
 
 
 @pytest.mark.slow
