@@ -98,12 +98,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for question in questions:
         speech.path(question.id)  # every recording exists before anything runs
     info = run_info(args, config, spec, questions, speech)
-    runner.check_run_info(args.out, info)
+    info = runner.check_run_info(args.out, info)
     results = runner.ResultsFile(args.out / runner.RESULTS)
     off = _rag_off(config)  # the runner hands each question's retriever to the engine
     with _Bar("loading models") as bar:
-        parts = load_components(off, lambda step, done, total: bar.update(done, total, f"loading {step}"))
         text, speech_encoder, transcriber = runner.load_encoders(config, modes)
+        parts = load_components(off, lambda step, done, total: bar.update(done, total, f"loading {step}"))
     scopes = runner.Scopes(config, text, speech_encoder, transcriber, top_k)
     try:
         with _Bar(f"{dataset} questions x modes") as bar:

@@ -94,17 +94,22 @@ class ResultsFile:
         self.done.add((record["id"], record["mode"]))
 
 
-def check_run_info(out_dir: Path, info: dict) -> None:
-    """A folder holds one run: resuming with other data or settings would mix results."""
+def check_run_info(out_dir: Path, info: dict) -> dict:
+    """A folder holds one run: resuming with other data or settings would mix results. Returns
+    the run's record, with the modes of earlier invocations added, as written to run.json."""
     path = out_dir / RUN_INFO
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise VoicechatError(f"{path} is unreadable; remove it or choose another --out folder") from None
         same = {k: old.get(k) for k in ("dataset", "options", "questions", "models")}
         if same != {k: info.get(k) for k in same}:
             raise VoicechatError(f"{out_dir} holds a run with another dataset slice, options or models; "
                                  "choose another --out folder")
         info = {**info, "modes": list(dict.fromkeys(old.get("modes", []) + info["modes"]))}
     path.write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+    return info
 
 
 # --- retrieval scope ------------------------------------------------------------------------------
