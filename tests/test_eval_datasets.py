@@ -45,6 +45,15 @@ def test_rgb_passage_choice_is_reproducible_with_a_seed() -> None:
     assert a == b
 
 
+def test_rgb_short_side_is_made_up_from_the_other_below_noise_rate_one() -> None:
+    record = {"positive": ["p1"], "negative": ["n1", "n2", "n3", "n4"]}
+    docs = select_rgb_docs(record, RGBOptions(passages=4, noise_rate=0.25), "plain", random.Random(0))
+    assert sorted(docs) == [("n1", False), ("n2", False), ("n3", False), ("p1", True)]  # 1 positive only
+    record = {"positive": ["p1", "p2", "p3"], "negative": ["n1"]}
+    docs = select_rgb_docs(record, RGBOptions(passages=4, noise_rate=0.5), "plain", random.Random(0))
+    assert sorted(docs) == [("n1", False), ("p1", True), ("p2", True), ("p3", True)]
+
+
 def test_rgb_integration_variant_takes_one_positive_per_answer_part() -> None:
     record = {"positive": [["a1", "a2"], ["b1"]], "negative": ["n1", "n2", "n3"]}
     docs = select_rgb_docs(record, RGBOptions(passages=4, noise_rate=0.25), "int", random.Random(0))

@@ -169,6 +169,12 @@ def select_rgb_docs(record: dict, options: RGBOptions, variant: str, rng: random
                 + [(str(record["positive"][i]), True) for i in correct]
                 + [(t, False) for t in negatives[:neg_num]])
     else:
-        docs = [(str(t), True) for t in record["positive"][:pos_num]] + [(t, False) for t in negatives[:neg_num]]
+        positives = [str(t) for t in record["positive"]]
+        if options.noise_rate < 1.0:  # a short side is made up from the other, as RGB does
+            if neg_num > len(negatives):
+                neg_num, pos_num = len(negatives), options.passages - len(negatives)
+            elif pos_num > len(positives):
+                pos_num, neg_num = len(positives), options.passages - len(positives)
+        docs = [(t, True) for t in positives[:pos_num]] + [(t, False) for t in negatives[:neg_num]]
     rng.shuffle(docs)
     return docs
