@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "devices": "devices",
     "mic-test": "mic_test",
     "vad": "vad",
+    "eval": "eval",
 }
 
 DEFAULT_COMMAND = "chat"

@@ -1,0 +1,127 @@
+"""The evaluation runner and `voicechat eval` on the tiny random-weight models: every mode runs
+through the engine, results are appended per question, a rerun resumes, reports are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
+from voicechat.cli import main
+from voicechat.errors import VoicechatError
+from voicechat.evaluation.runner import RESULTS, ResultsFile, parse_modes
+
+DATA = Path(__file__).resolve().parent / "data" / "eval"
+
+
+def _speech_set(root: Path, dataset: str, ids: list[str]) -> Path:
+    import soundfile
+
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    for qid in ids:
+        path = root / dataset / "reader1" / qid / "question.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(path), tone, 16000)
+    return root
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_unknown_mode_is_one_clear_error() -> None:
+    assert parse_modes("e2e, asr,e2e") == ["e2e", "asr"]
+    with pytest.raises(VoicechatError, match="unknown evaluation mode"):
+        parse_modes("e2e,magic")
+
+
+def test_results_file_drops_a_line_cut_short_by_an_interruption(tmp_path: Path) -> None:
+    path = tmp_path / RESULTS
+    path.write_text('{"id": "q1", "mode": "e2e"}\n{"id": "q2", "mo', encoding="utf-8")
+    results = ResultsFile(path)
+    assert results.done == {("q1", "e2e")}
+    results.append({"id": "q2", "mode": "e2e"})
+    assert [r["id"] for r in _lines(path)] == ["q1", "q2"]
+
+
+@pytest.mark.slow
+def test_hotpotqa_modes_side_by_side_then_rerun_skips_finished_questions(
+        tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
+    speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
+    out = tmp_path / "run"
+    config = str(tiny_models_dir / "config.yaml")
+    args = ["--config", config, "eval", "hotpotqa", str(DATA / "hotpot_small.json"), "--speech", str(speech),
+            "--modes", "e2e,asr,text,norag", "--limit", "1", "--out", str(out)]
+    assert main(args) == 0
+    records = _lines(out / RESULTS)
+    assert [(r["id"], r["mode"]) for r in records] == [("q1", "e2e"), ("q1", "asr"), ("q1", "text"), ("q1", "norag")]
+    by_mode = {r["mode"]: r for r in records}
+    assert sorted(by_mode["e2e"]["relevant"]) == ["q1/0", "q1/1"]
+    assert len(by_mode["e2e"]["retrieved"]) == 3  # all of the question's passages (top 4 of 3)
+    assert set(by_mode["e2e"]["retrieved"]) == {"q1/0", "q1/1", "q1/2"}
+    assert by_mode["e2e"]["metrics"]["recall"] == 1.0
+    assert by_mode["asr"]["transcript"] is not None and "wer" in by_mode["asr"]["metrics"]
+    assert by_mode["norag"]["retrieved"] == [] and "recall" not in by_mode["norag"]["metrics"]
+    assert by_mode["e2e"]["timings"]["retrieve_ms"] > 0
+    for record in records:
+        assert 0.0 <= record["metrics"]["f1"] <= 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["modes"]["e2e"]["questions"] == 1 and summary["run"]["questions"] == ["q1"]
+    assert summary["asr_over_e2e_retrieval_time"] > 0
+    assert "| e2e | 1 |" in (out / "summary.md").read_text()
+
+    # Interrupted after two modes, the last line half written: the rerun keeps those two and
+    # runs only what is missing.
+    lines = (out / RESULTS).read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / RESULTS).write_text("".join(lines[:2]) + lines[2][:40], encoding="utf-8")
+    assert main(args) == 0
+    again = _lines(out / RESULTS)
+    assert again[:2] == records[:2] and [r["mode"] for r in again[2:]] == ["text", "norag"]
+    # Another slice in the same folder would mix results: refused with one clear message.
+    assert main(args[:args.index("--limit")] + ["--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_global_scope_searches_every_question_passages_in_one_and_two_rounds(tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
+    speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
+    out = tmp_path / "run"
+    assert main(["--config", str(tiny_models_dir / "config.yaml"), "eval", "hotpotqa", str(DATA / "hotpot_small.json"),
+                 "--speech", str(speech), "--modes", "e2e,rewrite", "--scope", "global", "--out", str(out)]) == 0
+    records = _lines(out / RESULTS)
+    every = {"q1/0", "q1/1", "q1/2", "q2/0", "q2/1"}
+    assert [r["mode"] for r in records] == ["e2e", "rewrite", "e2e", "rewrite"]
+    assert all(len(r["retrieved"]) == 4 and set(r["retrieved"]) <= every for r in records)
+
+
+@pytest.mark.slow
+def test_rgb_with_synthetic_speech_is_marked_synthetic(tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
+    from tests.support.speech import espeak_available
+
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    out = tmp_path / "run"
+    args = ["--config", str(tiny_models_dir / "config.yaml"), "eval", "rgb", str(DATA / "rgb_small.jsonl"),
+            "--synth", "--modes", "e2e,fallback", "--passages", "3", "--noise-rate", "1.0", "--out", str(out)]
+    assert main(args) == 0
+    records = _lines(out / RESULTS)
+    assert len(records) == 4
+    assert all(r["relevant"] == [] and r["metrics"]["recall"] is None for r in records)  # noise rate 1.0
+    assert all("rejected" in r["metrics"] and "accuracy" in r["metrics"] for r in records)
+    assert "Synthetic speech" in (out / "summary.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["run"]["speech"]["synthetic"] is True
+
+
+def test_limit_takes_the_first_questions_or_a_seeded_random_slice() -> None:
+    from voicechat.commands.eval import choose
+
+    items = list(range(10))
+    assert choose(items, 3, None) == [0, 1, 2]
+    picked = choose(items, 3, seed=7)
+    assert picked == choose(items, 3, seed=7) and len(picked) == 3 and picked == sorted(picked)
+    assert choose(items, None, None) == items
+    with pytest.raises(VoicechatError, match="--limit must be at least 1"):
+        choose(items, 0, None)

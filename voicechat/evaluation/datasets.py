@@ -1,0 +1,180 @@
+"""Benchmark questions with their passages: HotpotQA (distractor setting) and RGB.
+
+A ``Question`` carries everything one evaluation turn needs: the gold text (for the text oracle,
+ASR error rates and synthesis), the accepted answers, and the passages that form its retrieval
+scope, each marked relevant (a HotpotQA supporting title, an RGB positive) or not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voicechat.errors import VoicechatError
+
+
+@dataclass(frozen=True)
+class Doc:
+    key: str  # unique within its question
+    title: str
+    text: str
+    relevant: bool
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+    answers: tuple[tuple[str, ...], ...]  # every group must be matched; any alternative of a group will do
+    docs: tuple[Doc, ...]
+    lang: str  # "en" or "zh"
+
+    @property
+    def answer(self) -> str:
+        """The first accepted answer (HotpotQA has exactly one)."""
+        return self.answers[0][0] if self.answers and self.answers[0] else ""
+
+
+def _bad(path: Path, what: str) -> VoicechatError:
+    return VoicechatError(f"{path}: {what}; check that it is the right dataset file")
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise VoicechatError(f"{path}: no such dataset file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise _bad(path, f"cannot be read as UTF-8 text ({error})") from None
+
+
+# --- HotpotQA -------------------------------------------------------------------------------------
+
+
+def read_hotpotqa(path: Path) -> list[Question]:
+    """The distractor-setting JSON: a list of records with _id, question, answer,
+    supporting_facts [[title, sentence id]] and context [[title, [sentences]]]."""
+    try:
+        records = json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise _bad(path, f"is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(records, list):
+        raise _bad(path, "is not a JSON list of HotpotQA records")
+    return [_hotpot_question(path, i, record) for i, record in enumerate(records)]
+
+
+def _hotpot_question(path: Path, number: int, record: Any) -> Question:
+    try:
+        supporting = {str(title) for title, _ in record["supporting_facts"]}
+        docs = tuple(
+            Doc(str(i), str(title), " ".join(s.strip() for s in sentences).strip(), str(title) in supporting)
+            for i, (title, sentences) in enumerate(record["context"])
+        )
+        return Question(str(record["_id"]), str(record["question"]).strip(), ((str(record["answer"]),),), docs, "en")
+    except (KeyError, TypeError, ValueError) as error:
+        raise _bad(path, f"record {number + 1} is not a HotpotQA record (bad or missing field {error})") from None
+
+
+# --- RGB ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RGBOptions:
+    """Passage selection as in RGB: ``passages`` per question, a share ``noise_rate`` of them
+    negative (rounded up); the _fact variant mixes in ``correct_rate`` correct positives."""
+
+    passages: int = 5
+    noise_rate: float = 0.4
+    correct_rate: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.passages < 1:
+            raise VoicechatError(f"--passages must be at least 1, got {self.passages}")
+        for name in ("noise_rate", "correct_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise VoicechatError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+
+
+def rgb_variant(path: Path) -> str:
+    """RGB's file names say the variant: en.json, zh_int.json, en_fact.json ..."""
+    stem = path.name.split(".")[0]
+    return "int" if stem.endswith("_int") else "fact" if stem.endswith("_fact") else "plain"
+
+
+def read_rgb(path: Path, options: RGBOptions = RGBOptions(), variant: str | None = None) -> list[Question]:
+    """RGB JSON lines: id, query, answer (a list; a nested list holds alternatives), positive,
+    negative (and positive_wrong in the _fact files)."""
+    variant = variant or rgb_variant(path)
+    questions = []
+    for number, line in enumerate(_read_text(path).splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise _bad(path, f"line {number + 1} is not valid JSON ({error.msg})") from None
+        questions.append(_rgb_question(path, number, record, options, variant))
+    return questions
+
+
+def _rgb_question(path: Path, number: int, record: Any, options: RGBOptions, variant: str) -> Question:
+    try:
+        qid, query = str(record["id"]), str(record["query"]).strip()
+        answers = tuple(_alternatives(a) for a in _as_list(record["answer"]))
+        rng = random.Random(f"{options.seed}:{qid}")
+        docs = select_rgb_docs(record, options, variant, rng)
+    except (KeyError, TypeError, ValueError) as error:
+        raise _bad(path, f"line {number + 1} is not an RGB record (bad or missing field {error})") from None
+    return Question(qid, query, answers, tuple(Doc(str(i), "", text, rel) for i, (text, rel) in enumerate(docs)),
+                    "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in query) else "en")
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _alternatives(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in _as_list(value))
+
+
+def select_rgb_docs(record: dict, options: RGBOptions, variant: str, rng: random.Random) -> list[tuple[str, bool]]:
+    """(text, is positive) pairs, shuffled, chosen the way RGB's evaluation script chooses them."""
+    negatives = [str(t) for t in record["negative"]]
+    neg_num = math.ceil(options.passages * options.noise_rate)
+    pos_num = options.passages - neg_num
+    if variant == "int":
+        groups = [[str(t) for t in group] for group in record["positive"]]
+        for group in groups:
+            rng.shuffle(group)
+        positives = [group[0] for group in groups if group]  # one per answer part, as RGB does
+        depth = 1
+        while len(positives) < pos_num and any(len(g) > depth for g in groups):
+            positives += [g[depth] for g in groups if len(g) > depth][:pos_num - len(positives)]
+            depth += 1
+        docs = [(t, True) for t in positives] + [(t, False) for t in negatives[:max(options.passages - len(positives), 0)]]
+    elif variant == "fact":
+        correct_num = math.ceil(options.passages * options.correct_rate)
+        wrong_num = max(options.passages - neg_num - correct_num, 0)
+        indexes = list(range(len(record["positive"])))
+        chosen = rng.sample(indexes, min(len(indexes), wrong_num))
+        rest = [i for i in indexes if i not in chosen]
+        correct = rng.sample(rest, min(len(rest), correct_num))
+        docs = ([(str(record["positive_wrong"][i]), False) for i in chosen]
+                + [(str(record["positive"][i]), True) for i in correct]
+                + [(t, False) for t in negatives[:neg_num]])
+    else:
+        positives = [str(t) for t in record["positive"]]
+        if options.noise_rate < 1.0:  # a short side is made up from the other, as RGB does
+            if neg_num > len(negatives):
+                neg_num, pos_num = len(negatives), options.passages - len(negatives)
+            elif pos_num > len(positives):
+                pos_num, neg_num = len(positives), options.passages - len(positives)
+        docs = [(t, True) for t in positives[:pos_num]] + [(t, False) for t in negatives[:neg_num]]
+    rng.shuffle(docs)
+    return docs

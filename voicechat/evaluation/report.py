@@ -1,0 +1,107 @@
+"""The summary of a run: one row per mode (answer quality, retrieval quality, recognition errors,
+latency percentiles), written as markdown and JSON with the run's models, settings and slice,
+and plots when matplotlib is installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from voicechat.evaluation.metrics import mean, percentiles
+
+LATENCIES = ("retrieve_ms", "embed_ms", "search_ms", "tokenize_ms", "first_audio_ms", "total_ms")
+
+
+def summarise(records: list[dict], modes: list[str]) -> dict[str, dict]:
+    rows = {}
+    for mode in modes:
+        mine = [r for r in records if r["mode"] == mode]
+        if not mine:
+            continue
+        names = sorted({name for r in mine for name in r["metrics"]})
+        row: dict = {"questions": len(mine)}
+        row.update({name: mean(r["metrics"].get(name) for r in mine) for name in names})
+        for name in LATENCIES:
+            row[name] = percentiles(r["timings"].get(name) for r in mine)
+        row["failed_turns"] = sum(1 for r in mine if r["problems"])
+        rows[mode] = row
+    return rows
+
+
+def e2e_asr_ratio(rows: dict[str, dict]) -> float | None:
+    """How many times faster e2e retrieval is than asr retrieval (median retrieval times)."""
+    try:
+        return rows["asr"]["retrieve_ms"]["p50"] / rows["e2e"]["retrieve_ms"]["p50"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def write_summary(out_dir: Path, info: dict, records: list[dict]) -> dict:
+    rows = summarise(records, info["modes"])
+    summary = {"run": info, "modes": rows, "asr_over_e2e_retrieval_time": e2e_asr_ratio(rows)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "summary.md").write_text(markdown(summary), encoding="utf-8")
+    return summary
+
+
+def _fmt(value, scale: float = 1.0, digits: int = 3) -> str:
+    return "–" if value is None else f"{value * scale:.{digits}f}"
+
+
+def markdown(summary: dict) -> str:
+    info, rows = summary["run"], summary["modes"]
+    quality = ["em", "f1"] if info["dataset"] == "hotpotqa" else ["accuracy", "rejected"]
+    columns = quality + ["recall", "mrr", "wer", "cer"]
+    lines = [f"# voicechat eval: {info['dataset']}", ""]
+    if info["speech"]["synthetic"]:
+        lines += ["**Synthetic speech**: questions spoken by espeak-ng, not by people.", ""]
+    lines += [
+        f"- data: {info['data']} ({len(info['questions'])} questions; limit {info['limit']}, seed {info['seed']})",
+        f"- speech: {info['speech']['description']} ({info['speech']['kind']})",
+        f"- options: {json.dumps(info['options'], ensure_ascii=False)}",
+        f"- models: {json.dumps(info['models'], ensure_ascii=False)}",
+        "",
+        "| mode | n | " + " | ".join(columns) + " | retrieval ms p50 / p90 | first audio ms p50 | failed |",
+        "|" + "---|" * (len(columns) + 5),
+    ]
+    for mode, row in rows.items():
+        cells = [_fmt(row.get(c)) for c in columns]
+        retrieve = row["retrieve_ms"]
+        lines.append(f"| {mode} | {row['questions']} | " + " | ".join(cells)
+                     + f" | {_fmt(retrieve['p50'], digits=1)} / {_fmt(retrieve['p90'], digits=1)}"
+                     + f" | {_fmt(row['first_audio_ms']['p50'], digits=1)} | {row['failed_turns']} |")
+    ratio = summary["asr_over_e2e_retrieval_time"]
+    if ratio is not None:
+        lines += ["", f"asr / e2e median retrieval time: {ratio:.2f}x"]
+    recall_k = info["options"].get("top_k")
+    lines += ["", f"recall is recall@{recall_k}; MRR over the retrieved passages; WER/CER of the asr transcript."]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(out_dir: Path, summary: dict) -> list[Path]:
+    """accuracy.png and retrieval_time.png per mode; nothing when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    rows = summary["modes"]
+    modes = list(rows)
+    metric = "f1" if summary["run"]["dataset"] == "hotpotqa" else "accuracy"
+    suffix = " (synthetic speech)" if summary["run"]["speech"]["synthetic"] else ""
+    written = []
+    for name, values, label in (
+        ("accuracy.png", [rows[m].get(metric) or 0.0 for m in modes], metric),
+        ("retrieval_time.png", [rows[m]["retrieve_ms"]["p50"] or 0.0 for m in modes], "retrieval ms (p50)"),
+    ):
+        figure, axes = plt.subplots(figsize=(6, 3.5))
+        axes.bar(modes, values)
+        axes.set_ylabel(label)
+        axes.set_title(f"{summary['run']['dataset']}: {label} per mode{suffix}")
+        figure.tight_layout()
+        figure.savefig(out_dir / name, dpi=100)
+        plt.close(figure)
+        written.append(out_dir / name)
+    return written
