@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.pulse import restore, start_private_server, use_server  # noqa: E402
-from tests.support.speech import RATE, scene, speak  # noqa: E402
+from tests.support.speech import scene, speak  # noqa: E402
 from voicechat.audio.endpointer import find_utterances  # noqa: E402
 from voicechat.audio.events import UtteranceEnded  # noqa: E402
 from voicechat.config import VAD_PRESETS, AudioConfig, VadConfig  # noqa: E402

@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import queue
 import threading
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
