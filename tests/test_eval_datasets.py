@@ -132,3 +132,35 @@ def test_synthesis_speaks_english_and_chinese_questions_and_is_marked_synthetic(
     for question in questions:
         audio = source.load(question.id)
         assert audio.size > 16000 * 0.5 and np.abs(audio).max() > 0.01
+
+
+def test_folder_questions_take_one_answer_or_alternatives_and_source_files(tmp_path: Path) -> None:
+    from voicechat.evaluation.datasets import read_folder_questions
+
+    path = tmp_path / "questions.jsonl"
+    path.write_text(
+        '{"id": "tea", "audio": "tea.wav", "text": "Where is green tea grown?", "answers": "China",'
+        ' "sources": ["notes/tea.md"]}\n\n'
+        '{"id": "capital", "audio": "c.wav", "text": "法国的首都是哪里？", "answers": ["巴黎", "Paris"]}\n'
+        '{"id": "free", "audio": "f.wav"}\n', encoding="utf-8")
+    tea, capital, free = read_folder_questions(path)
+    assert tea.answers == (("China",),) and tea.sources == ("notes/tea.md",) and tea.lang == "en"
+    assert tea.relevant_files == ["notes/tea.md"] and tea.docs == ()
+    assert capital.answers == (("巴黎", "Paris"),) and capital.lang == "zh" and capital.sources == ()
+    assert free.text == "" and free.answers == ()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"audio": "a.wav"}\n', "line 1 is not a question entry"),
+    ('{"id": "a", "answers": [["x"]]}\n', "bad or missing field 'answers'"),
+    ('{"id": "a"}\n{"id": "a"}\n', "line 2 repeats question id 'a'"),
+    ("not json\n", "line 1 is not valid JSON"),
+    ("\n", "holds no questions"),
+])
+def test_folder_questions_file_errors_name_the_line(tmp_path: Path, content: str, message: str) -> None:
+    from voicechat.evaluation.datasets import read_folder_questions
+
+    path = tmp_path / "questions.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(VoicechatError, match=message):
+        read_folder_questions(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from voicechat.evaluation.report import summarise, write_plots, write_summary
+from voicechat.evaluation.report import by_length, summarise, write_plots, write_summary
 
 
 def _record(mode: str, f1: float, retrieve_ms: float | None, recall: float | None = None, problems=()) -> dict:
@@ -51,6 +51,17 @@ def test_summary_files_record_the_run_and_mark_synthetic_speech(tmp_path: Path) 
     assert "asr / e2e median retrieval time: 3.00x" in text
     real = write_summary(tmp_path, _info(synthetic=False), RECORDS)
     assert "Synthetic" not in (tmp_path / "summary.md").read_text() and real["run"]["speech"]["synthetic"] is False
+
+
+def test_retrieval_time_is_split_by_question_length(tmp_path: Path) -> None:
+    records = [dict(r, audio_s=s) for r, s in zip(RECORDS, (1.0, 12.0, 2.0, 4.5, 1.0))]
+    table = by_length(records + [_record("e2e", 1.0, 99.0)], ["e2e", "asr", "norag"])  # no audio_s: left out
+    assert table["e2e"] == {"< 3 s": {"questions": 1, "p50": 10.0, "p90": 10.0},
+                            ">= 10 s": {"questions": 1, "p50": 30.0, "p90": 30.0}}
+    assert table["asr"]["3-6 s"]["p50"] == 80.0 and "norag" not in table  # no retrieval, no times
+    write_summary(tmp_path, _info(synthetic=False), records)
+    text = (tmp_path / "summary.md").read_text()
+    assert "| mode | < 3 s | 3-6 s | >= 10 s |" in text and "| e2e | 10.0 (1) | – | 30.0 (1) |" in text
 
 
 def test_plots_are_png_files(tmp_path: Path) -> None:

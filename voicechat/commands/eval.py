@@ -1,4 +1,4 @@
-"""`voicechat eval`: HotpotQA and RGB with spoken questions, retrieval modes side by side."""
+"""`voicechat eval`: HotpotQA, RGB or your own folder with spoken questions, retrieval modes side by side."""
 
 from __future__ import annotations
 
@@ -8,22 +8,37 @@ from pathlib import Path
 
 from voicechat.config import Config
 
-HELP = "evaluate answers, retrieval and latency on HotpotQA or RGB with spoken questions"
+HELP = "evaluate answers, retrieval and latency on HotpotQA, RGB or your own folder with spoken questions"
 SYNTHETIC_MARK = "SYNTHETIC"
+DATASETS = {
+    "hotpotqa": "HotpotQA distractor JSON",
+    "rgb": "RGB JSON lines (en, zh, _int, _fact)",
+    "folder": "questions about your knowledge folder: JSON lines with id, audio, and optional text, "
+              "answers (accepted alternatives) and sources (files relative to the folder)",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     datasets = parser.add_subparsers(dest="eval_dataset", metavar="DATASET", required=True)
-    for name, help_text in (("hotpotqa", "HotpotQA distractor JSON"), ("rgb", "RGB JSON lines (en, zh, _int, _fact)")):
-        sub = datasets.add_parser(name, help=f"evaluate on {help_text}", description=f"Evaluate on {help_text}.")
-        sub.add_argument("data", type=Path, help="the dataset file")
-        _speech_arguments(sub)
-        sub.add_argument("--modes", default="e2e,asr,text", help="comma-separated: e2e, asr, text, norag, rewrite, fallback")
+    for name, help_text in DATASETS.items():
+        sub = datasets.add_parser(name, help=f"evaluate on {help_text.split(':')[0]}",
+                                  description=f"Evaluate on {help_text}.")
+        sub.add_argument("data", type=Path, help="the questions file")
+        if name == "folder":
+            sub.add_argument("--knowledge", metavar="DIR",
+                             help="the knowledge folder (default: retrieval.knowledge_dir); its index is updated first")
+            sub.add_argument("--synth", action="store_true",
+                             help="speak each question's text with espeak-ng instead of its audio (synthetic)")
+        else:
+            _speech_arguments(sub)
+            sub.add_argument("--scope", choices=["question", "global"], default="question",
+                             help="search each question's own passages, or one index over all passages")
+        default_modes = "e2e,asr" if name == "folder" else "e2e,asr,text"
+        sub.add_argument("--modes", default=default_modes,
+                         help=f"comma-separated: e2e, asr, text, norag, rewrite, fallback (default: {default_modes})")
         sub.add_argument("--limit", type=int, help="evaluate the first N questions (a random N with --seed)")
         sub.add_argument("--seed", type=int, help="choose the --limit questions at random with this seed")
-        sub.add_argument("--scope", choices=["question", "global"], default="question",
-                         help="search each question's own passages, or one index over all passages")
-        sub.add_argument("--top-k", type=int, help="passages retrieved (default: 4 for HotpotQA, 2 for RGB)")
+        sub.add_argument("--top-k", type=int, help="passages retrieved (default: 2 for RGB, else 4)")
         sub.add_argument("--out", type=Path, required=True, help="results folder (a rerun resumes)")
         if name == "rgb":
             sub.add_argument("--noise-rate", type=float, default=0.4, help="share of negative passages (0-1)")
@@ -47,10 +62,12 @@ def _speech_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_questions(args: argparse.Namespace, dataset: str):
-    from voicechat.evaluation.datasets import RGBOptions, read_hotpotqa, read_rgb
+    from voicechat.evaluation.datasets import RGBOptions, read_folder_questions, read_hotpotqa, read_rgb
 
     if dataset == "hotpotqa":
         return read_hotpotqa(args.data)
+    if dataset == "folder":
+        return read_folder_questions(args.data)
     options = RGBOptions(getattr(args, "passages", 5), getattr(args, "noise_rate", 0.4),
                          getattr(args, "correct_rate", 0.0), getattr(args, "seed", None) or 0)
     return read_rgb(args.data, options)
@@ -74,6 +91,8 @@ def speech_source(args: argparse.Namespace, dataset: str, questions: list):
 
     if args.synth:
         return speech.synthesise(questions, args.out / "speech-synthetic")
+    if dataset == "folder":
+        return speech.manifest(args.data)
     if args.manifest:
         return speech.manifest(args.manifest)
     source = speech.speech_set(args.speech, dataset, args.speech_voice)
@@ -91,20 +110,29 @@ def run(args: argparse.Namespace, config: Config) -> int:
     dataset = args.eval_dataset
     modes = runner.parse_modes(args.modes)
     questions = choose(read_questions(args, dataset), args.limit, args.seed)
-    top_k = args.top_k or (4 if dataset == "hotpotqa" else 2)
-    spec = runner.RunSpec(dataset, tuple(modes), top_k, args.scope)
+    check_texts(questions, modes, args.synth)
+    top_k = args.top_k or (2 if dataset == "rgb" else 4)
+    knowledge = index_dir = None
+    if dataset == "folder":
+        from voicechat.retrieval import index_location
+
+        knowledge, index_dir = index_location(config.retrieval, config.resolve_path, args.knowledge)
+    spec = runner.RunSpec(dataset, tuple(modes), top_k, "folder" if knowledge else args.scope)
     args.out.mkdir(parents=True, exist_ok=True)
     speech = speech_source(args, dataset, questions)
     for question in questions:
         speech.path(question.id)  # every recording exists before anything runs
-    info = run_info(args, config, spec, questions, speech)
+    info = run_info(args, config, spec, questions, speech, knowledge)
     info = runner.check_run_info(args.out, info)
     results = runner.ResultsFile(args.out / runner.RESULTS)
     off = _rag_off(config)  # the runner hands each question's retriever to the engine
-    with _Bar("loading models") as bar:
+    with _Bar("loading retrieval encoders"):
         text, speech_encoder, transcriber = runner.load_encoders(config, modes)
+    scopes = runner.Scopes(config, text, speech_encoder, transcriber, top_k, index_dir)
+    if knowledge:
+        update_folder_index(scopes, knowledge, index_dir, questions)
+    with _Bar("loading models") as bar:
         parts = load_components(off, lambda step, done, total: bar.update(done, total, f"loading {step}"))
-    scopes = runner.Scopes(config, text, speech_encoder, transcriber, top_k)
     try:
         with _Bar(f"{dataset} questions x modes") as bar:
             records = runner.run(off, parts, scopes, questions, speech, spec, results, bar.update)
@@ -116,16 +144,47 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 1 if any(r["problems"] for r in records) else 0
 
 
+def check_texts(questions: list, modes: list[str], synth: bool) -> None:
+    """The text oracle and synthesis need the words of every question."""
+    from voicechat.errors import VoicechatError
+
+    needs = "--synth" if synth else "mode text" if "text" in modes else None
+    missing = [q.id for q in questions if not q.text]
+    if needs and missing:
+        raise VoicechatError(f"{needs} needs the text of every question; {len(missing)} have none "
+                             f"(first: {missing[0]}); add \"text\" to them or leave out {needs}")
+
+
+def update_folder_index(scopes, knowledge: Path, index_dir: Path, questions: list) -> None:
+    """Brings the folder's index up to date, as `voicechat index` does, and checks that every
+    source a question names is in it."""
+    from voicechat.commands.index import ProgressReporter, summary
+    from voicechat.errors import VoicechatError
+    from voicechat.retrieval.index import read_manifest
+
+    with ProgressReporter() as reporter:
+        report = scopes.update(knowledge, index_dir, reporter)
+    print(summary(report, index_dir))
+    indexed = (read_manifest(index_dir) or {}).get("files", {})
+    for question in questions:
+        for source in question.sources:
+            if source not in indexed:
+                raise VoicechatError(f"question {question.id}: source {source!r} is not in the index of {knowledge}; "
+                                     "name files relative to the knowledge folder")
+
+
 def _rag_off(config: Config) -> Config:
     import dataclasses
 
     return dataclasses.replace(config, retrieval=dataclasses.replace(config.retrieval, rag="off", two_round="off"))
 
 
-def run_info(args, config: Config, spec, questions: list, speech) -> dict:
+def run_info(args, config: Config, spec, questions: list, speech, knowledge: Path | None = None) -> dict:
     import dataclasses
 
     options = {"top_k": spec.top_k, "scope": spec.scope}
+    if knowledge:
+        options["knowledge"] = str(knowledge)
     for name in ("noise_rate", "passages", "correct_rate"):
         if hasattr(args, name):
             options[name] = getattr(args, name)

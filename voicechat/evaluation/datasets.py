@@ -1,8 +1,9 @@
-"""Benchmark questions with their passages: HotpotQA (distractor setting) and RGB.
+"""Evaluation questions: HotpotQA (distractor setting), RGB, and the user's own folder.
 
 A ``Question`` carries everything one evaluation turn needs: the gold text (for the text oracle,
-ASR error rates and synthesis), the accepted answers, and the passages that form its retrieval
-scope, each marked relevant (a HotpotQA supporting title, an RGB positive) or not.
+ASR error rates and synthesis), the accepted answers, and either the passages that form its
+retrieval scope, each marked relevant (a HotpotQA supporting title, an RGB positive) or not, or
+the files of the user's knowledge folder that hold its answer.
 """
 
 from __future__ import annotations
@@ -32,11 +33,29 @@ class Question:
     answers: tuple[tuple[str, ...], ...]  # every group must be matched; any alternative of a group will do
     docs: tuple[Doc, ...]
     lang: str  # "en" or "zh"
+    sources: tuple[str, ...] = ()  # knowledge-folder files holding the answer (own-folder questions)
 
     @property
     def answer(self) -> str:
         """The first accepted answer (HotpotQA has exactly one)."""
         return self.answers[0][0] if self.answers and self.answers[0] else ""
+
+    def doc_file(self, doc: Doc) -> str:
+        """The file a passage is indexed as: one folder per question, one file per passage."""
+        return f"{safe_name(self.id)}/{doc.key}.txt"
+
+    @property
+    def relevant_files(self) -> list[str]:
+        """The indexed files that count as relevant hits."""
+        return list(self.sources) + [self.doc_file(d) for d in self.docs if d.relevant]
+
+
+def safe_name(question_id: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in question_id) or "_"
+
+
+def language_of(text: str) -> str:
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
 
 
 def _bad(path: Path, what: str) -> VoicechatError:
@@ -132,7 +151,7 @@ def _rgb_question(path: Path, number: int, record: Any, options: RGBOptions, var
     except (KeyError, TypeError, ValueError) as error:
         raise _bad(path, f"line {number + 1} is not an RGB record (bad or missing field {error})") from None
     return Question(qid, query, answers, tuple(Doc(str(i), "", text, rel) for i, (text, rel) in enumerate(docs)),
-                    "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in query) else "en")
+                    language_of(query))
 
 
 def _as_list(value: Any) -> list:
@@ -178,3 +197,41 @@ def select_rgb_docs(record: dict, options: RGBOptions, variant: str, rng: random
         docs = [(t, True) for t in positives[:pos_num]] + [(t, False) for t in negatives[:neg_num]]
     rng.shuffle(docs)
     return docs
+
+
+# --- your own folder ------------------------------------------------------------------------------
+
+
+def read_folder_questions(path: Path) -> list[Question]:
+    """JSON lines about the user's knowledge folder: id, audio, and optionally text (the words
+    spoken), answers (accepted alternatives: one string or a list) and sources (the files, relative
+    to the folder, that hold the answer)."""
+    questions, seen = [], set()
+    for number, line in enumerate(_read_text(path).splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            qid = str(record["id"])
+            text = str(record.get("text") or "").strip()
+            answers = _strings(record, "answers")
+            sources = tuple(Path(s).as_posix() for s in _strings(record, "sources"))
+        except json.JSONDecodeError as error:
+            raise _bad(path, f"line {number + 1} is not valid JSON ({error.msg})") from None
+        except (KeyError, TypeError, AttributeError) as error:
+            raise _bad(path, f"line {number + 1} is not a question entry (bad or missing field {error})") from None
+        if qid in seen:
+            raise _bad(path, f"line {number + 1} repeats question id {qid!r}")
+        seen.add(qid)
+        questions.append(Question(qid, text, (answers,) if answers else (), (), language_of(text), sources))
+    if not questions:
+        raise _bad(path, "holds no questions")
+    return questions
+
+
+def _strings(record: dict, field: str) -> tuple[str, ...]:
+    """A field given as one string or a list of strings."""
+    values = _as_list(record.get(field) or [])
+    if not all(isinstance(v, (str, int, float)) for v in values):
+        raise TypeError(repr(field))
+    return tuple(str(v) for v in values)

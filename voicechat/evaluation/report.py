@@ -10,6 +10,8 @@ from pathlib import Path
 from voicechat.evaluation.metrics import mean, percentiles
 
 LATENCIES = ("retrieve_ms", "embed_ms", "search_ms", "tokenize_ms", "first_audio_ms", "total_ms")
+LENGTHS = ((0.0, 3.0, "< 3 s"), (3.0, 6.0, "3-6 s"), (6.0, 10.0, "6-10 s"), (10.0, float("inf"), ">= 10 s"))
+QUALITY = {"hotpotqa": ["em", "f1"], "rgb": ["accuracy", "rejected"], "folder": ["accuracy"]}
 
 
 def summarise(records: list[dict], modes: list[str]) -> dict[str, dict]:
@@ -28,6 +30,19 @@ def summarise(records: list[dict], modes: list[str]) -> dict[str, dict]:
     return rows
 
 
+def by_length(records: list[dict], modes: list[str]) -> dict[str, dict[str, dict]]:
+    """Retrieval time percentiles per mode and question audio length."""
+    table: dict[str, dict[str, dict]] = {}
+    for mode in modes:
+        for low, high, label in LENGTHS:
+            times = [r["timings"]["retrieve_ms"] for r in records
+                     if r["mode"] == mode and low <= r.get("audio_s", -1.0) < high
+                     and r["timings"].get("retrieve_ms") is not None]
+            if times:
+                table.setdefault(mode, {})[label] = {"questions": len(times), **percentiles(times)}
+    return table
+
+
 def e2e_asr_ratio(rows: dict[str, dict]) -> float | None:
     """How many times faster e2e retrieval is than asr retrieval (median retrieval times)."""
     try:
@@ -38,7 +53,8 @@ def e2e_asr_ratio(rows: dict[str, dict]) -> float | None:
 
 def write_summary(out_dir: Path, info: dict, records: list[dict]) -> dict:
     rows = summarise(records, info["modes"])
-    summary = {"run": info, "modes": rows, "asr_over_e2e_retrieval_time": e2e_asr_ratio(rows)}
+    summary = {"run": info, "modes": rows, "asr_over_e2e_retrieval_time": e2e_asr_ratio(rows),
+               "retrieval_ms_by_length": by_length(records, info["modes"])}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     (out_dir / "summary.md").write_text(markdown(summary), encoding="utf-8")
     return summary
@@ -50,8 +66,7 @@ def _fmt(value, scale: float = 1.0, digits: int = 3) -> str:
 
 def markdown(summary: dict) -> str:
     info, rows = summary["run"], summary["modes"]
-    quality = ["em", "f1"] if info["dataset"] == "hotpotqa" else ["accuracy", "rejected"]
-    columns = quality + ["recall", "mrr", "wer", "cer"]
+    columns = QUALITY[info["dataset"]] + ["recall", "mrr", "wer", "cer"]
     lines = [f"# voicechat eval: {info['dataset']}", ""]
     if info["speech"]["synthetic"]:
         lines += ["**Synthetic speech**: questions spoken by espeak-ng, not by people.", ""]
@@ -73,9 +88,23 @@ def markdown(summary: dict) -> str:
     ratio = summary["asr_over_e2e_retrieval_time"]
     if ratio is not None:
         lines += ["", f"asr / e2e median retrieval time: {ratio:.2f}x"]
+    lines += length_table(summary.get("retrieval_ms_by_length") or {})
     recall_k = info["options"].get("top_k")
     lines += ["", f"recall is recall@{recall_k}; MRR over the retrieved passages; WER/CER of the asr transcript."]
     return "\n".join(lines) + "\n"
+
+
+def length_table(table: dict[str, dict[str, dict]]) -> list[str]:
+    labels = [label for _, _, label in LENGTHS if any(label in row for row in table.values())]
+    if not labels:
+        return []
+    lines = ["", "Retrieval ms p50 by question audio length (questions):", "",
+             "| mode | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    for mode, row in table.items():
+        cells = [f"{_fmt(row[label]['p50'], digits=1)} ({row[label]['questions']})" if label in row else "–"
+                 for label in labels]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_plots(out_dir: Path, summary: dict) -> list[Path]:

@@ -1,8 +1,9 @@
 """Runs benchmark questions through the conversation engine, mode by mode, one JSON line each.
 
 Every question gets its own small index of its own passages (``scope="question"``, as in the
-study) or all questions share one index over every passage (``scope="global"``). Each mode is a
-setting of the same engine the app uses:
+study), or all questions share one index over every passage (``scope="global"``), or, for
+questions about the user's own knowledge folder, that folder's index (``scope="folder"``). Each
+mode is a setting of the same engine the app uses:
 
 - e2e: the question's speech through the SONAR speech encoder
 - asr: Whisper transcript through the SONAR text encoder
@@ -29,7 +30,7 @@ from voicechat.config import Config
 from voicechat.errors import VoicechatError
 from voicechat.evaluation import metrics
 from voicechat.evaluation.datasets import Question
-from voicechat.evaluation.speech import SpeechSource, safe_name
+from voicechat.evaluation.speech import SpeechSource
 
 MODES: dict[str, tuple[str, str]] = {  # mode -> (engine rag, engine two_round)
     "e2e": ("e2e", "off"),
@@ -54,10 +55,10 @@ def parse_modes(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RunSpec:
-    dataset: str  # "hotpotqa" or "rgb"
+    dataset: str  # "hotpotqa", "rgb" or "folder"
     modes: tuple[str, ...]
     top_k: int
-    scope: str = "question"  # or "global"
+    scope: str = "question"  # or "global", or "folder" for the folder dataset
 
 
 # --- results file ---------------------------------------------------------------------------------
@@ -115,18 +116,16 @@ def check_run_info(out_dir: Path, info: dict) -> dict:
 # --- retrieval scope ------------------------------------------------------------------------------
 
 
-def doc_key(question: Question, key: str) -> str:
-    return f"{safe_name(question.id)}/{key}"
-
-
 class Scopes:
-    """Builds the index a question is searched in, with the text encoder loaded once."""
+    """Opens the index a question is searched in, with the text encoder loaded once."""
 
-    def __init__(self, config: Config, text_encoder, speech_encoder=None, transcriber=None, top_k: int = 4) -> None:
+    def __init__(self, config: Config, text_encoder, speech_encoder=None, transcriber=None, top_k: int = 4,
+                 folder_index: Path | None = None) -> None:
         self.config = config
         self.text_encoder = text_encoder
         self.speech_encoder = speech_encoder
         self.transcriber = transcriber
+        self.folder_index = folder_index  # the user's index, for scope "folder"
         # The study retrieves the top k whatever their scores.
         self.retrieval = dataclasses.replace(config.retrieval, top_k=top_k, score_threshold=-1.0)
 
@@ -138,42 +137,54 @@ class Scopes:
         spec = sonar_spec(self.config.models.sonar_text, self.config.resolve_path)
         return Settings(encoder_identity(spec), self.retrieval.languages, self.retrieval.chunking)
 
-    def build(self, questions: Iterable[Question], folder: Path):
-        """An opened Retriever over the questions' passages, one file per passage."""
-        from voicechat.retrieval.index import Indexer, KnowledgeIndex
+    def update(self, knowledge: Path, index_dir: Path, reporter=None):
+        """Builds or updates the index of a folder with the loaded text encoder."""
+        from voicechat.retrieval.index import Indexer
+
+        return Indexer(knowledge, index_dir, self.settings(), lambda: self.text_encoder, reporter,
+                       self.retrieval.index_type).update()
+
+    def open(self, index_dir: Path):
+        from voicechat.retrieval.index import KnowledgeIndex
         from voicechat.retrieval.retriever import Retriever
 
+        return Retriever(KnowledgeIndex.open(index_dir), self.retrieval, speech=self.speech_encoder,
+                         text=self.text_encoder, transcriber=self.transcriber)
+
+    def build(self, questions: Iterable[Question], folder: Path):
+        """An opened Retriever over the questions' passages, one file per passage."""
         knowledge, index_dir = folder / "knowledge", folder / "index"
         for question in questions:
             for doc in question.docs:
-                path = knowledge / f"{doc_key(question, doc.key)}.txt"
+                path = knowledge / question.doc_file(doc)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 text = f"{doc.title}: {doc.text}" if doc.title else doc.text
                 path.write_text(" ".join(text.split()) + "\n", encoding="utf-8")
-        Indexer(knowledge, index_dir, self.settings(), lambda: self.text_encoder).update()
-        index = KnowledgeIndex.open(index_dir)
-        return Retriever(index, self.retrieval, speech=self.speech_encoder, text=self.text_encoder,
-                         transcriber=self.transcriber)
+        self.update(knowledge, index_dir)
+        return self.open(index_dir)
 
     def per_question(self, questions: list[Question], scope: str,
                      everything: list[Question] | None = None) -> Iterator[tuple[Question, object]]:
         """Each question with the retriever of its scope; the global index holds the passages of
         ``everything`` (all questions of the run, also those already finished)."""
         with tempfile.TemporaryDirectory(prefix="voicechat-eval-") as tmp:
-            if scope == "global":
-                retriever = self.build(everything or questions, Path(tmp))
-                try:
-                    for question in questions:
+            if scope == "question":
+                for number, question in enumerate(questions):
+                    retriever = self.build([question], Path(tmp) / str(number))
+                    try:
                         yield question, retriever
-                finally:
-                    retriever.index.close()
+                    finally:
+                        retriever.index.close()
                 return
-            for number, question in enumerate(questions):
-                retriever = self.build([question], Path(tmp) / str(number))
-                try:
+            if scope == "folder":
+                retriever = self.open(self.folder_index)
+            else:
+                retriever = self.build(everything or questions, Path(tmp))
+            try:
+                for question in questions:
                     yield question, retriever
-                finally:
-                    retriever.index.close()
+            finally:
+                retriever.index.close()
 
 
 class GoldTextRetriever:
@@ -206,16 +217,17 @@ def run_question(config: Config, parts, retriever, question: Question, audio, mo
     engine.settings = Settings(rag, two_round, engine.settings.voice)
     result = engine.run_turn(TurnInput(audio=audio))
     rounds = [e for e in events if isinstance(e, Retrieved)]
-    retrieved = [_key_of(source.file) for source in result.sources] if rounds else []
+    retrieved = [source.file for source in result.sources] if rounds else []
     transcript = next((e.query for e in rounds if e.mode == "asr"), None)
     record = {
         "id": question.id,
         "mode": mode,
         "question": question.text,
         "answers": [list(a) for a in question.answers],
+        "audio_s": round(len(audio) / 16000, 3),
         "reply": result.finished.reply_text,
         "retrieved": retrieved,
-        "relevant": [doc_key(question, d.key) for d in question.docs if d.relevant],
+        "relevant": question.relevant_files,
         "transcript": transcript,
         "rounds": len(rounds),
         "retrieval_ms": {f"round{e.round}_{e.mode}": round(sum(e.stage_ms.values()), 3) for e in rounds},
@@ -226,23 +238,20 @@ def run_question(config: Config, parts, retriever, question: Question, audio, mo
     return record
 
 
-def _key_of(file: str) -> str:
-    return file[:-4] if file.endswith(".txt") else file
-
-
 def score(record: dict, question: Question, spec: RunSpec) -> dict:
     reply, answers = record["reply"], question.answers
     found: dict = {}
     if spec.dataset == "hotpotqa":
         found["em"] = metrics.exact_match(reply, question.answer)
         found["f1"] = metrics.f1_score(reply, question.answer)
-    else:
+    elif answers:
         found["accuracy"] = float(metrics.rgb_correct(reply, answers))
+    if spec.dataset == "rgb":
         found["rejected"] = float(metrics.is_rejection(reply))
     if record["rounds"]:
         found["recall"] = metrics.recall_at_k(record["retrieved"], record["relevant"], spec.top_k)
         found["mrr"] = metrics.reciprocal_rank(record["retrieved"], record["relevant"])
-    if record["transcript"] is not None:
+    if record["transcript"] is not None and question.text:
         found["wer"] = metrics.word_error_rate(question.text, record["transcript"])
         found["cer"] = metrics.char_error_rate(question.text, record["transcript"])
     return found

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from voicechat.errors import VoicechatError
+from voicechat.evaluation.datasets import safe_name
 
 ESPEAK_VOICES = {"en": "en-us", "zh": "cmn"}
 
@@ -102,7 +103,3 @@ def synthesise(questions, out_dir: Path, speed: int = 160) -> SpeechSource:
             partial.replace(target)
         files[question.id] = target
     return SpeechSource("synthetic", f"espeak-ng synthesis in {out_dir}", files, {})
-
-
-def safe_name(question_id: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in question_id) or "_"

@@ -35,6 +35,8 @@ def resolve_asr_model(config: Any) -> Path:
 
 
 class WhisperTranscriber:
+    max_new_tokens = 200  # per 30 s window; a trained model ends a question long before
+
     def __init__(self, model: Any, processor: Any, language: str | None, allowed: tuple[str, ...]) -> None:
         self._model = model
         self._processor = processor
@@ -74,7 +76,7 @@ class WhisperTranscriber:
             features = features.to(self._model.device, self._model.dtype)
             with torch.inference_mode():
                 ids = self._model.generate(features, task="transcribe", language=self.language,
-                                           max_new_tokens=200)
+                                           max_new_tokens=self.max_new_tokens)
             tokens = self._processor.tokenizer.convert_ids_to_tokens(ids[0].tolist())
             detected = detected or _language_token(tokens)
             texts.append(self._processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
