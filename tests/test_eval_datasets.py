@@ -164,3 +164,14 @@ def test_folder_questions_file_errors_name_the_line(tmp_path: Path, content: str
     path.write_text(content, encoding="utf-8")
     with pytest.raises(VoicechatError, match=message):
         read_folder_questions(path)
+
+
+def test_sample_questions_name_files_of_the_sample_knowledge_folder() -> None:
+    from voicechat.evaluation.datasets import read_folder_questions
+
+    knowledge = DATA.parents[2] / "knowledge"
+    questions = read_folder_questions(DATA / "knowledge_questions.jsonl")
+    assert {q.lang for q in questions} == {"en", "zh"}
+    for question in questions:
+        assert question.text and question.answers and question.sources
+        assert all((knowledge / source).is_file() for source in question.sources)
