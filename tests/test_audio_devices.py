@@ -68,11 +68,13 @@ def test_reply_played_through_the_player_arrives_intact_and_in_order(pulse, rate
     recording = pulse.record()
     assert recording.wait_for_bytes(1)
     with Player(config=AudioConfig().playback, rate=rate) as speaker:
+        began = time.monotonic()
         speaker.begin()
         for start in range(0, reply.size, 1764):  # one speech token of audio at a time
             speaker.push(reply[start:start + 1764])
         speaker.end()
         assert speaker.wait(timeout=30)
+        assert began < speaker.first_audio_at < time.monotonic()  # on the engine's clock
         assert recording.wait_for_sound(reply.size / DECODER_RATE, SPEAKER_RATE)
         assert speaker.underruns == 0
         assert speaker.played_s == pytest.approx(reply.size / DECODER_RATE, abs=0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +16,7 @@ import yaml
 from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.assemble import load_components
 from voicechat.config import Config
-from voicechat.engine import Components, Engine, TurnInput
+from voicechat.engine import CollectingSpeaker, Components, Engine, TurnInput
 from voicechat.errors import BackendError
 from voicechat.events import (
     AudioChunk, Event, PromptReady, Retrieved, SpeechTokenized, SpeechTokens, StageFailed, TextDelta, TurnFinished,
@@ -88,6 +89,30 @@ def test_timings_are_consistent_with_the_events(config: Config, parts: Component
     assert timings.first_speech_token_ms <= timings.first_audio_ms <= timings.total_ms
 
 
+class DeviceClockSpeaker(CollectingSpeaker):
+    """Test double for the player: its first sample reaches the device 50 ms after the push;
+    ``stale`` keeps the first-audio time of a reply played before the turn."""
+
+    def __init__(self, stale: bool = False) -> None:
+        super().__init__()
+        self.first_audio_at = time.monotonic() - 10 if stale else None
+
+    def push(self, audio: np.ndarray) -> bool:
+        if self.first_audio_at is None:
+            self.first_audio_at = time.monotonic() + 0.05
+        return super().push(audio)
+
+
+def test_first_heard_is_when_the_device_plays_the_first_sample(config: Config, parts: Components) -> None:
+    _, result = run(config, parts, TurnInput(text="Tell me a story."), speaker=DeviceClockSpeaker())
+    timings = result.finished.timings
+    assert timings.first_audio_ms < timings.first_heard_ms <= timings.first_audio_ms + 50
+    _, result = run(config, parts, TurnInput(text="Tell me a story."), speaker=DeviceClockSpeaker(stale=True))
+    assert result.finished.timings.first_heard_ms is None  # an earlier reply's time is not this one's
+    _, result = run(config, parts, TurnInput(text="Tell me a story."))
+    assert result.finished.timings.first_heard_ms is None  # no device
+
+
 def test_endpoint_delay_is_measured_from_the_end_of_speech(config: Config, parts: Components) -> None:
     import time
 
@@ -102,6 +127,7 @@ def test_interrupt_mid_reply_stops_and_keeps_only_what_was_heard(config: Config,
 
         underruns = 0
         played_s = 0.5
+        first_audio_at = None
 
         def begin(self) -> None: ...
         def push(self, audio: np.ndarray) -> bool: return True

@@ -65,6 +65,10 @@ class Speaker(Protocol):
     @property
     def underruns(self) -> int: ...
 
+    @property
+    def first_audio_at(self) -> float | None:
+        """Monotonic time the reply's first sample reaches the device; None without one."""
+
 
 class Retriever(Protocol):
     def retrieve(self, mode: str, *, samples: np.ndarray | None = None, rate: int | None = None,
@@ -117,6 +121,7 @@ class CollectingSpeaker:
     def __init__(self) -> None:
         self.pieces: list[np.ndarray] = []
         self.underruns = 0
+        self.first_audio_at = None  # no device
 
     def begin(self) -> None:
         self.pieces = []
@@ -223,7 +228,9 @@ class _Turn:
         if prompt is not None and not self.failed:
             self.engine.history.add(prompt, self.heard_reply_ids(interrupted))
         end_t = time.monotonic()
-        timings = TurnTimings.from_events(self.events, end_t=end_t, underruns=self.engine.speaker.underruns)
+        speaker = self.engine.speaker
+        timings = TurnTimings.from_events(self.events, end_t=end_t, underruns=speaker.underruns,
+                                          first_heard_at=speaker.first_audio_at)
         finished = TurnFinished(turn=self.number, reply_text=self.reply_text, interrupted=interrupted,
                                 timings=timings, t=end_t)
         self.emit(finished)

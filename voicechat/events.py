@@ -124,17 +124,22 @@ class TurnTimings:
     first_token_ms: float | None = None
     first_text_ms: float | None = None
     first_speech_token_ms: float | None = None
-    first_audio_ms: float | None = None
+    first_audio_ms: float | None = None  # the first reply audio handed to the speaker
+    first_heard_ms: float | None = None  # ... reaching the output device (a live speaker only)
     total_ms: float | None = None
     underruns: int = 0
 
     @classmethod
-    def from_events(cls, events: Iterable[Event], end_t: float, underruns: int = 0) -> TurnTimings:
+    def from_events(cls, events: Iterable[Event], end_t: float, underruns: int = 0,
+                    first_heard_at: float | None = None) -> TurnTimings:
+        """``first_heard_at``: the speaker's clock reading for the reply's first sample at the
+        device; one from before this turn started belongs to an earlier reply and is ignored."""
         events = list(events)
         start = next((e for e in events if isinstance(e, TurnStarted)), None)
         if start is None:
             return cls(underruns=underruns)
         zero = start.speech_end_t if start.speech_end_t is not None else start.t
+        heard = first_heard_at if first_heard_at is not None and first_heard_at >= start.t else None
 
         def since(kind: type[Event]) -> float | None:
             first = next((e for e in events if isinstance(e, kind)), None)
@@ -159,6 +164,7 @@ class TurnTimings:
             first_text_ms=since(TextDelta),
             first_speech_token_ms=since(SpeechTokens),
             first_audio_ms=since(AudioChunk),
+            first_heard_ms=None if heard is None else (heard - zero) * 1000,
             total_ms=(end_t - zero) * 1000,
             underruns=underruns,
         )

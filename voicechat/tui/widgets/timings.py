@@ -17,6 +17,7 @@ MILESTONES = [
     ("first text", "first_text_ms"),
     ("first speech", "first_speech_token_ms"),
     ("first audio", "first_audio_ms"),
+    ("first heard", "first_heard_ms"),
     ("total", "total_ms"),
 ]
 DURATIONS = [("tokenize", "tokenize_ms"), ("retrieve", "retrieve_ms"), ("  embed", "embed_ms"),
