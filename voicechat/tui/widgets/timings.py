@@ -45,7 +45,7 @@ class TimingsPanel(Static):
             value = getattr(timings, name)
             table.add_row(label, self.bar(value, scale), _ms(value), _ms(self.average(name)))
         if timings.prompt_tokens is not None:
-            table.add_row("prompt", "", f"{timings.prompt_tokens} tok", "")
+            table.add_row("prompt tokens", "", str(timings.prompt_tokens), "")
         table.add_row("underruns", "", str(timings.underruns), "")
         return table
 
