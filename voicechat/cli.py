@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = (getattr(args, "log_level", None) or "warning").upper()
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if level not in ("DEBUG", "INFO"):  # transformers' advice to its developers is noise to our users
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     debug = level == "DEBUG"
     try:
         from voicechat.config import load_config
