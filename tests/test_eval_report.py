@@ -48,7 +48,7 @@ def test_summary_files_record_the_run_and_mark_synthetic_speech(tmp_path: Path) 
     assert saved["run"]["models"] == {"sonar_speech": {"source": "card.yaml"}}
     text = (tmp_path / "summary.md").read_text()
     assert "Synthetic speech" in text and "| e2e | 2 | 0.500 | 0.750 | 0.750 |" in text
-    assert "asr / e2e median retrieval time: 3.00x" in text
+    assert "asr / e2e median retrieval time: 3.00x" in text and "- models: sonar_speech card.yaml" in text
     real = write_summary(tmp_path, _info(synthetic=False), RECORDS)
     assert "Synthetic" not in (tmp_path / "summary.md").read_text() and real["run"]["speech"]["synthetic"] is False
 

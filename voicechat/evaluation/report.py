@@ -74,7 +74,7 @@ def markdown(summary: dict) -> str:
         f"- data: {info['data']} ({len(info['questions'])} questions; limit {info['limit']}, seed {info['seed']})",
         f"- speech: {info['speech']['description']} ({info['speech']['kind']})",
         f"- options: {json.dumps(info['options'], ensure_ascii=False)}",
-        f"- models: {json.dumps(info['models'], ensure_ascii=False)}",
+        "- models: " + "; ".join(f"{role} {spec['source']}" for role, spec in info["models"].items()),
         "",
         "| mode | n | " + " | ".join(columns) + " | retrieval ms p50 / p90 | first audio ms p50 | failed |",
         "|" + "---|" * (len(columns) + 5),
