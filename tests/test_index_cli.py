@@ -78,7 +78,7 @@ def test_search_audio_file_at_another_rate(capsys, config_file, tmp_path):
     (["search", "question", "--audio", "x.wav"], "either a question TEXT or --audio FILE"),
     (["search", "--audio", "x.wav", "--mode", "text"], "--mode text needs a question TEXT"),
     (["search", "question"], "no knowledge index here"),
-    (["search", "--audio", "missing.wav"], "no knowledge index here"),
+    (["search", "--audio", "missing.wav"], "no such audio file"),  # checked before the index and encoders
     (["index", "/nonexistent/folder"], "no such knowledge folder"),
 ])
 def test_bad_command_lines_give_one_line_errors(capsys, config_file, argv, message):

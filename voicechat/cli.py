@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if level not in ("DEBUG", "INFO"):  # transformers' advice to its developers is noise to our users
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.stderr.isatty():  # fairseq2's progress bars leave blank lines in logs and pipes
+        os.environ.setdefault("FAIRSEQ2_NO_PROGRESS", "1")
     debug = level == "DEBUG"
     try:
         from voicechat.config import load_config

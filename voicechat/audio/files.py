@@ -14,6 +14,8 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     import soundfile
 
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
     try:
@@ -21,6 +23,30 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioError(f"{path}: not a readable audio file ({error})") from None
     return samples, int(rate)
+
+
+def read_speech(path: Path) -> np.ndarray:
+    """A recorded question as 16 kHz mono float32; an empty or damaged recording is refused."""
+    from voicechat.audio.resample import to_model_input
+
+    samples, rate = read_audio(path)
+    if samples.size == 0:
+        raise AudioError(f"{path}: the recording is empty")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{path}: the recording holds invalid samples (NaN or infinity)")
+    return to_model_input(samples, rate)
+
+
+def check_output(path: Path, *inputs: Path | None) -> None:
+    """Fails before any work when ``path`` cannot be written or would replace an input file."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder; give a file name for the output")
+    if not path.parent.is_dir():
+        raise AudioError(f"{path}: the folder {path.parent} does not exist")
+    for source in inputs:
+        if source is not None and path.exists() and path.resolve() == Path(source).resolve():
+            raise AudioError(f"{path}: is also the input; choose another output file")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
@@ -32,6 +58,7 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
     try:
         soundfile.write(str(tmp), np.asarray(samples), rate, subtype="PCM_16", format="WAV")
         tmp.replace(path)
-    except OSError as error:
+    except (OSError, soundfile.LibsndfileError) as error:
         tmp.unlink(missing_ok=True)
-        raise AudioError(f"{path}: cannot write audio file ({error.strerror or error})") from None
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise AudioError(f"{path}: cannot write audio file ({reason})") from None

@@ -22,18 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.assemble import load_components
-    from voicechat.audio.files import read_audio, write_wav
-    from voicechat.audio.resample import to_model_input
+    from voicechat.audio.files import check_output, read_speech, write_wav
     from voicechat.engine import Engine, TurnInput
     from voicechat.errors import VoicechatError
     from voicechat.events import Event, StageFailed
 
     if (args.audio is None) == (args.text is None):
         raise VoicechatError("give either an audio file or --text \"question\"")
-    question = TurnInput(text=args.text)
-    if args.audio is not None:
-        samples, rate = read_audio(args.audio)
-        question = TurnInput(audio=to_model_input(samples, rate))
+    if args.text is not None and not args.text.strip():
+        raise VoicechatError("--text is empty; give the question to ask")
+    if args.out is not None:
+        check_output(args.out, args.audio)
+    question = TurnInput(text=args.text) if args.audio is None else TurnInput(audio=read_speech(args.audio))
     warnings: list[str] = []
     with _progress() as report:
         parts = load_components(config, report, on_warning=warnings.append)
@@ -48,9 +48,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     finally:
         parts.close()
     rate = parts.decoder.sample_rate
+    report_turn(args, result, rate, warnings + failures)  # the reply is shown even if the file cannot be written
     if args.out is not None:
         write_wav(args.out, result.reply_audio, rate)
-    report_turn(args, result, rate, warnings + failures)
     return 1 if failures else 0
 
 
@@ -85,8 +85,9 @@ class _progress:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn
 
+        console = Console(stderr=True)
         self.bar = Progress(TextColumn("loading {task.description}"), BarColumn(),
-                            console=Console(stderr=True), transient=True)
+                            console=console, transient=True, disable=not console.is_terminal)
         self.task = self.bar.add_task("models", total=1)
         self.bar.start()
         return self.update

@@ -16,6 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    import sys
+
+    from voicechat.errors import VoicechatError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise VoicechatError("the conversation screen needs a terminal; "
+                             "in scripts use `voicechat ask AUDIO` or `voicechat ask --text QUESTION`")
     from voicechat.live import LiveConversation
     from voicechat.tui.app import VoicechatApp
 

@@ -51,11 +51,14 @@ def read_tokens(path: Path) -> list[int]:
 def run(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
 
-    from voicechat.audio.files import write_wav
+    from voicechat.audio.files import check_output, write_wav
     from voicechat.glm.decoder import SpeechDecoder
     from voicechat.models import resolve_model
 
     tokens = read_tokens(args.tokens)
+    if not tokens:
+        raise VoicechatError(f"{args.tokens}: the token list is empty")
+    check_output(args.out, args.tokens)
     spec = config.models.decoder
     decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=spec.device, dtype=spec.dtype)
     decoder.check_tokens(tokens)

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Any) -> int:
     from voicechat.errors import ConfigError
 
+    if args.text is not None and not args.text.strip():
+        raise ConfigError("the question TEXT is empty")
     if bool(args.text) == bool(args.audio):
         raise ConfigError("give either a question TEXT or --audio FILE")
     mode = args.mode or ("text" if args.text else ("asr" if config.retrieval.rag == "asr" else "e2e"))
@@ -34,15 +36,17 @@ def run(args: argparse.Namespace, config: Any) -> int:
 
     from voicechat.retrieval.retriever import load_retriever
 
+    audio = None
+    if mode != "text":
+        from voicechat.audio.files import read_speech
+
+        audio = read_speech(args.audio)  # a bad file fails before the encoders load
     retriever = load_retriever(config, {mode})
     try:
-        if mode == "text":
+        if audio is None:
             result = retriever.text(args.text, args.k)
         else:
-            from voicechat.audio.files import read_audio
-
-            samples, rate = read_audio(args.audio)
-            result = retriever.retrieve(mode, samples=samples, rate=rate, k=args.k)
+            result = retriever.retrieve(mode, samples=audio, rate=16000, k=args.k)
     finally:
         retriever.index.close()
     if args.json:

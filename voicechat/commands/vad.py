@@ -24,16 +24,14 @@ def run(args: argparse.Namespace, config) -> int:
 
     from voicechat.audio.endpointer import find_utterances
     from voicechat.audio.events import UtteranceDiscarded, UtteranceEnded
-    from voicechat.audio.files import read_audio
-    from voicechat.audio.resample import to_model_input
+    from voicechat.audio.files import read_speech
 
     vad = config.audio.vad
     if args.preset:
         vad = dataclasses.replace(vad, preset=args.preset)
     if args.aggressiveness is not None:
         vad = dataclasses.replace(vad, aggressiveness=args.aggressiveness)
-    samples, rate = read_audio(args.audio)
-    audio = to_model_input(samples, rate)
+    audio = read_speech(args.audio)
     pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
     found = [e for e in find_utterances(pcm, vad) if isinstance(e, (UtteranceEnded, UtteranceDiscarded))]
     rows = [
