@@ -42,6 +42,8 @@ def test_spoken_question_prints_the_reply_and_writes_its_audio(tmp_path: Path, t
     (["ask", "{empty}"], "the recording is empty"),
     (["search", "   "], "the question TEXT is empty"),
     (["chat"], "needs a terminal"),
+    (["--knowledge", "{question}", "ask", "--text", "hi"], "question.wav: is a file"),
+    (["--knowledge", "{tmp}/notes", "ask", "--text", "hi"], "notes: does not exist"),
 ])
 def test_bad_inputs_are_refused_in_one_line_before_any_model_loads(tmp_path: Path, capsys, argv: list[str],
                                                                    message: str) -> None:

@@ -69,8 +69,10 @@ def test_ctrl_c_exits_130_without_traceback(monkeypatch: pytest.MonkeyPatch, cap
     assert capsys.readouterr().err == "voicechat: interrupted\n"
 
 
-def test_flags_become_config_overrides() -> None:
+def test_flags_become_config_overrides(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").mkdir()
     args = cli.build_parser().parse_args(["--knowledge", "notes", "--rag", "asr", "--two-round", "rewrite",
                                           "--voice", "calm", "--offline", "models"])
-    assert cli.config_overrides(args) == {"retrieval.knowledge_dir": str(Path.cwd() / "notes"), "retrieval.rag": "asr",
+    assert cli.config_overrides(args) == {"retrieval.knowledge_dir": str(tmp_path / "notes"), "retrieval.rag": "asr",
                                           "retrieval.two_round": "rewrite", "voice": "calm", "offline": True}

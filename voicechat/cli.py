@@ -96,7 +96,11 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     overrides = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None)}
     if "retrieval.knowledge_dir" in overrides:  # a path typed on the command line is relative to here
-        overrides["retrieval.knowledge_dir"] = str(Path(overrides["retrieval.knowledge_dir"]).expanduser().absolute())
+        folder = Path(overrides["retrieval.knowledge_dir"]).expanduser().absolute()
+        if not folder.is_dir():
+            what = "is a file" if folder.exists() else "does not exist"
+            raise VoicechatError(f"--knowledge {folder}: {what}; give the folder of your notes")
+        overrides["retrieval.knowledge_dir"] = str(folder)
     if getattr(args, "offline", None):
         overrides["offline"] = True
     return overrides
