@@ -71,7 +71,11 @@ def test_rgb_fact_variant_uses_counterfactual_passages() -> None:
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not valid JSON"),
     ('{"a": 1}', "not a JSON list"),
-    ('[{"_id": "x"}]', "record 1 is not a HotpotQA record"),
+    ('[{"_id": "x"}]', r"record 1 is not a HotpotQA record \(missing field 'supporting_facts'\)"),
+    ('[]', "holds no questions"),
+    ('[{"_id": "x", "question": "q", "answer": "a", "supporting_facts": [], "context": [["France", [1, 2]]]}]',
+     r"record 1 is not a HotpotQA record \('int' object has no attribute 'strip'\)"),
+    ('["not a record"]', r"record 1 is not a HotpotQA record \(string indices must be integers"),
 ])
 def test_broken_hotpotqa_file_is_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.json"
@@ -89,6 +93,20 @@ def test_missing_or_broken_rgb_file_is_one_clear_error(tmp_path: Path) -> None:
         read_rgb(path)
     with pytest.raises(VoicechatError, match="noise-rate"):
         RGBOptions(noise_rate=1.5)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("en.jsonl", '{"id": 1, "answer": ["a"]}\n', r"line 1 is not an RGB record \(missing field 'query'\)"),
+    ("en.jsonl", '\n\n"text"\n', r"line 3 is not an RGB record \(string indices must be integers, not 'str'\)"),
+    ("en_fact.jsonl", '{"id": 1, "query": "q", "answer": "a", "positive": ["p1", "p2"], "positive_wrong": ["w1"],'
+     ' "negative": []}\n', r"line 1 is not an RGB record \(list index out of range\)"),
+    ("en.jsonl", "\n  \n", "holds no questions"),
+])
+def test_broken_rgb_record_says_what_is_wrong(tmp_path: Path, name: str, content: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(VoicechatError, match=message):
+        read_rgb(path, RGBOptions(passages=2, noise_rate=0.0))
 
 
 def _wav(path: Path, seconds: float = 0.5, rate: int = 22050) -> None:
@@ -119,6 +137,19 @@ def test_manifest_paths_are_relative_to_the_manifest(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"id": "q1"}\n')
     with pytest.raises(VoicechatError, match="line 1 is not a manifest entry"):
         manifest(tmp_path / "bad.jsonl")
+
+
+def test_manifest_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'\xff\xfe{"id": "q1", "audio": "a.wav"}\n')
+    with pytest.raises(VoicechatError, match="m.jsonl: cannot be read as UTF-8 text .*check that it is the speech"):
+        manifest(path)
+
+
+def test_manifest_entry_whose_audio_file_is_missing_names_question_and_path(tmp_path: Path) -> None:
+    (tmp_path / "m.jsonl").write_text('{"id": "q1", "audio": "gone.wav"}\n', encoding="utf-8")
+    with pytest.raises(VoicechatError, match=f"question q1: no audio file {tmp_path / 'gone.wav'}"):
+        manifest(tmp_path / "m.jsonl").path("q1")
 
 
 def test_synthesis_speaks_english_and_chinese_questions_and_is_marked_synthetic(tmp_path: Path) -> None:
@@ -152,7 +183,7 @@ def test_folder_questions_take_one_answer_or_alternatives_and_source_files(tmp_p
 
 @pytest.mark.parametrize("content, message", [
     ('{"audio": "a.wav"}\n', "line 1 is not a question entry"),
-    ('{"id": "a", "answers": [["x"]]}\n', "bad or missing field 'answers'"),
+    ('{"id": "a", "answers": [["x"]]}\n', r"line 1 is not a question entry \(answers must be a string or a list"),
     ('{"id": "a"}\n{"id": "a"}\n', "line 2 repeats question id 'a'"),
     ("not json\n", "line 1 is not valid JSON"),
     ("\n", "holds no questions"),

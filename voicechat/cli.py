@@ -1,8 +1,9 @@
 """The `voicechat` command: parse arguments, load the config, hand over to one command module.
 
 Each subcommand lives in voicechat/commands/<name>.py with HELP, add_arguments(parser) and
-run(args, config) -> exit code. Command modules import heavy libraries inside run(), so that
-`voicechat --help` and argument errors stay instant.
+run(args, config) -> exit code; a command with subcommands of its own (`eval rgb`) returns their
+parsers from add_arguments, and they take the global flags too. Command modules import heavy
+libraries inside run(), so that `voicechat --help` and argument errors stay instant.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         default = argparse.SUPPRESS if name == DEFAULT_COMMAND else None
         sub = commands.add_parser(name, help=module.HELP, description=module.HELP, argument_default=default)
         _add_global_flags(sub, suppress_defaults=True)
-        module.add_arguments(sub)
+        for nested in module.add_arguments(sub) or ():
+            _add_global_flags(nested, suppress_defaults=True)
     return parser
 
 

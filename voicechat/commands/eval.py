@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from voicechat.config import Config
+from voicechat.errors import VoicechatError
 
 HELP = "evaluate answers, retrieval and latency on HotpotQA, RGB or your own folder with spoken questions"
 SYNTHETIC_MARK = "SYNTHETIC"
@@ -14,19 +15,22 @@ DATASETS = {
     "hotpotqa": "HotpotQA distractor JSON",
     "rgb": "RGB JSON lines (en, zh, _int, _fact)",
     "folder": "questions about your knowledge folder: JSON lines with id, audio, and optional text, "
-              "answers (accepted alternatives) and sources (files relative to the folder)",
+              "answers (accepted alternatives) and sources (files relative to the folder). The folder is "
+              "--knowledge DIR (default: retrieval.knowledge_dir); its index is updated first",
 }
+DEFAULT_TOP_K = {"hotpotqa": 4, "rgb": 2, "folder": 4}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Returns the parsers of the datasets, which take the global flags too."""
     datasets = parser.add_subparsers(dest="eval_dataset", metavar="DATASET", required=True)
+    parsers = []
     for name, help_text in DATASETS.items():
         sub = datasets.add_parser(name, help=f"evaluate on {help_text.split(':')[0]}",
                                   description=f"Evaluate on {help_text}.")
+        parsers.append(sub)
         sub.add_argument("data", type=Path, help="the questions file")
-        if name == "folder":
-            sub.add_argument("--knowledge", metavar="DIR",
-                             help="the knowledge folder (default: retrieval.knowledge_dir); its index is updated first")
+        if name == "folder":  # its --knowledge is the global flag
             sub.add_argument("--synth", action="store_true",
                              help="speak each question's text with espeak-ng instead of its audio (synthetic)")
         else:
@@ -38,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help=f"comma-separated: e2e, asr, text, norag, rewrite, fallback (default: {default_modes})")
         sub.add_argument("--limit", type=int, help="evaluate the first N questions (a random N with --seed)")
         sub.add_argument("--seed", type=int, help="choose the --limit questions at random with this seed")
-        sub.add_argument("--top-k", type=int, help="passages retrieved (default: 2 for RGB, else 4)")
+        sub.add_argument("--top-k", type=int, default=DEFAULT_TOP_K[name],
+                         help=f"passages retrieved (default: {DEFAULT_TOP_K[name]})")
         sub.add_argument("--out", type=Path, required=True, help="results folder (a rerun resumes)")
         if name == "rgb":
             sub.add_argument("--noise-rate", type=float, default=0.4, help="share of negative passages (0-1)")
@@ -47,10 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth = datasets.add_parser("synth", help="speak a dataset's questions with espeak-ng into a speech set",
                                 description="Write ROOT/<dataset>/espeak-ng/<id>/question.wav for every question "
                                             "(marked synthetic), to evaluate with --speech ROOT.")
-    synth.add_argument("dataset", choices=["hotpotqa", "rgb"])
-    synth.add_argument("data", type=Path)
+    synth.add_argument("dataset", choices=["hotpotqa", "rgb"], help="the dataset the questions file is from")
+    synth.add_argument("data", type=Path, help="the questions file")
     synth.add_argument("--out", type=Path, required=True, help="speech set root folder")
-    synth.add_argument("--limit", type=int)
+    synth.add_argument("--limit", type=int, help="speak the first N questions")
+    return parsers + [synth]
 
 
 def _speech_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,8 +83,6 @@ def choose(questions: list, limit: int | None, seed: int | None) -> list:
     if limit is None or limit >= len(questions):
         return questions
     if limit < 1:
-        from voicechat.errors import VoicechatError
-
         raise VoicechatError(f"--limit must be at least 1, got {limit}")
     if seed is None:
         return questions[:limit]
@@ -107,21 +111,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.assemble import load_components
     from voicechat.evaluation import report, runner
 
-    dataset = args.eval_dataset
+    dataset, top_k = args.eval_dataset, args.top_k
+    check_out_folder(args.out)
     modes = runner.parse_modes(args.modes)
+    if top_k < 1:
+        raise VoicechatError(f"--top-k must be at least 1, got {top_k}")
     questions = choose(read_questions(args, dataset), args.limit, args.seed)
     check_texts(questions, modes, args.synth)
-    top_k = args.top_k or (2 if dataset == "rgb" else 4)
     knowledge = index_dir = None
     if dataset == "folder":
-        from voicechat.retrieval import index_location
-
-        knowledge, index_dir = index_location(config.retrieval, config.resolve_path, args.knowledge)
+        knowledge, index_dir = knowledge_folder(config, args.knowledge)
     spec = runner.RunSpec(dataset, tuple(modes), top_k, "folder" if knowledge else args.scope)
-    args.out.mkdir(parents=True, exist_ok=True)
-    speech = speech_source(args, dataset, questions)
+    speech = speech_source(args, dataset, questions)  # synthesis is written into --out
     for question in questions:
-        speech.path(question.id)  # every recording exists before anything runs
+        speech.path(question.id)  # every audio file exists before anything runs
+    args.out.mkdir(parents=True, exist_ok=True)
     info = run_info(args, config, spec, questions, speech, knowledge)
     info = runner.check_run_info(args.out, info)
     results = runner.ResultsFile(args.out / runner.RESULTS)
@@ -144,10 +148,28 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 1 if any(r["problems"] for r in records) else 0
 
 
+def check_out_folder(out: Path) -> None:
+    """--out is a folder, or a path where one can be made."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"is inside {path}, which is a file"
+                raise VoicechatError(f"--out {out} {where}; choose a folder")
+            return
+
+
+def knowledge_folder(config: Config, folder: str | None) -> tuple[Path, Path]:
+    """(knowledge folder, its index folder) for questions about the user's own folder."""
+    from voicechat.retrieval import index_location
+
+    knowledge, index_dir = index_location(config.retrieval, config.resolve_path, folder)
+    if not knowledge.is_dir():
+        raise VoicechatError(f"{knowledge}: no such knowledge folder; name an existing folder with --knowledge DIR")
+    return knowledge, index_dir
+
+
 def check_texts(questions: list, modes: list[str], synth: bool) -> None:
     """The text oracle and synthesis need the words of every question."""
-    from voicechat.errors import VoicechatError
-
     needs = "--synth" if synth else "mode text" if "text" in modes else None
     missing = [q.id for q in questions if not q.text]
     if needs and missing:
@@ -159,7 +181,6 @@ def update_folder_index(scopes, knowledge: Path, index_dir: Path, questions: lis
     """Brings the folder's index up to date, as `voicechat index` does, and checks that every
     source a question names is in it."""
     from voicechat.commands.index import ProgressReporter, summary
-    from voicechat.errors import VoicechatError
     from voicechat.retrieval.index import read_manifest
 
     with ProgressReporter() as reporter:
@@ -207,6 +228,7 @@ def run_info(args, config: Config, spec, questions: list, speech, knowledge: Pat
 def run_synth(args: argparse.Namespace) -> int:
     from voicechat.evaluation import speech
 
+    check_out_folder(args.out)
     questions = choose(read_questions(args, args.dataset), args.limit, None)
     base = args.out / args.dataset
     source = speech.synthesise(questions, base / "espeak-ng")

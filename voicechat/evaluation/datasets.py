@@ -62,6 +62,12 @@ def _bad(path: Path, what: str) -> VoicechatError:
     return VoicechatError(f"{path}: {what}; check that it is the right dataset file")
 
 
+def _not_a_record(path: Path, where: str, kind: str, error: Exception) -> VoicechatError:
+    """A record that does not have the expected shape: the missing field, or what is wrong."""
+    why = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+    return _bad(path, f"{where} is not {kind} ({why})")
+
+
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise VoicechatError(f"{path}: no such dataset file")
@@ -83,6 +89,8 @@ def read_hotpotqa(path: Path) -> list[Question]:
         raise _bad(path, f"is not valid JSON ({error.msg} at line {error.lineno})") from None
     if not isinstance(records, list):
         raise _bad(path, "is not a JSON list of HotpotQA records")
+    if not records:
+        raise _bad(path, "holds no questions")
     return [_hotpot_question(path, i, record) for i, record in enumerate(records)]
 
 
@@ -94,8 +102,8 @@ def _hotpot_question(path: Path, number: int, record: Any) -> Question:
             for i, (title, sentences) in enumerate(record["context"])
         )
         return Question(str(record["_id"]), str(record["question"]).strip(), ((str(record["answer"]),),), docs, "en")
-    except (KeyError, TypeError, ValueError) as error:
-        raise _bad(path, f"record {number + 1} is not a HotpotQA record (bad or missing field {error})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise _not_a_record(path, f"record {number + 1}", "a HotpotQA record", error) from None
 
 
 # --- RGB ------------------------------------------------------------------------------------------
@@ -139,6 +147,8 @@ def read_rgb(path: Path, options: RGBOptions = RGBOptions(), variant: str | None
         except json.JSONDecodeError as error:
             raise _bad(path, f"line {number + 1} is not valid JSON ({error.msg})") from None
         questions.append(_rgb_question(path, number, record, options, variant))
+    if not questions:
+        raise _bad(path, "holds no questions")
     return questions
 
 
@@ -148,8 +158,8 @@ def _rgb_question(path: Path, number: int, record: Any, options: RGBOptions, var
         answers = tuple(_alternatives(a) for a in _as_list(record["answer"]))
         rng = random.Random(f"{options.seed}:{qid}")
         docs = select_rgb_docs(record, options, variant, rng)
-    except (KeyError, TypeError, ValueError) as error:
-        raise _bad(path, f"line {number + 1} is not an RGB record (bad or missing field {error})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise _not_a_record(path, f"line {number + 1}", "an RGB record", error) from None
     return Question(qid, query, answers, tuple(Doc(str(i), "", text, rel) for i, (text, rel) in enumerate(docs)),
                     language_of(query))
 
@@ -219,7 +229,7 @@ def read_folder_questions(path: Path) -> list[Question]:
         except json.JSONDecodeError as error:
             raise _bad(path, f"line {number + 1} is not valid JSON ({error.msg})") from None
         except (KeyError, TypeError, AttributeError) as error:
-            raise _bad(path, f"line {number + 1} is not a question entry (bad or missing field {error})") from None
+            raise _not_a_record(path, f"line {number + 1}", "a question entry", error) from None
         if qid in seen:
             raise _bad(path, f"line {number + 1} repeats question id {qid!r}")
         seen.add(qid)
@@ -233,5 +243,5 @@ def _strings(record: dict, field: str) -> tuple[str, ...]:
     """A field given as one string or a list of strings."""
     values = _as_list(record.get(field) or [])
     if not all(isinstance(v, (str, int, float)) for v in values):
-        raise TypeError(repr(field))
+        raise TypeError(f"{field} must be a string or a list of strings")
     return tuple(str(v) for v in values)

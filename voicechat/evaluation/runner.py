@@ -97,9 +97,12 @@ class ResultsFile:
 
 def check_run_info(out_dir: Path, info: dict) -> dict:
     """A folder holds one run: resuming with other data or settings would mix results. Returns
-    the run's record, with the modes of earlier invocations added, as written to run.json."""
+    the run's record, with the modes of earlier invocations added, as written to run.json. A run
+    without results yet (one that failed before its first question) is simply replaced."""
     path = out_dir / RUN_INFO
-    if path.exists():
+    results = out_dir / RESULTS
+    finished = results.is_file() and b"\n" in results.read_bytes()  # a line cut short is no result
+    if path.exists() and finished:
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -32,11 +32,16 @@ class SpeechSource:
         return self.kind == "synthetic"
 
     def path(self, question_id: str) -> Path:
+        """The question's audio file, which must exist."""
         try:
-            return self.files.get(question_id) or self.files[safe_name(question_id)]
+            file = self.files.get(question_id) or self.files[safe_name(question_id)]
         except KeyError:
             raise VoicechatError(f"no recording of question {question_id} in {self.description}; "
                                  "record it or use --limit/--synth") from None
+        if not file.is_file():
+            raise VoicechatError(f"question {question_id}: no audio file {file} (named in {self.description}); "
+                                 "record it or correct the path")
+        return file
 
     def load(self, question_id: str) -> np.ndarray:
         """16 kHz mono float32."""
@@ -70,8 +75,13 @@ def manifest(path: Path) -> SpeechSource:
     """JSON lines {"id": ..., "audio": path relative to the manifest, "text": optional}."""
     if not path.is_file():
         raise VoicechatError(f"{path}: no such speech manifest")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise VoicechatError(f"{path}: cannot be read as UTF-8 text ({error}); "
+                             "check that it is the speech manifest") from None
     files, texts = {}, {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for number, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         try:
