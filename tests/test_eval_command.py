@@ -101,13 +101,13 @@ def test_missing_knowledge_folder_is_found_before_anything_is_written(
     questions = str(DATA / "knowledge_questions.jsonl")
     assert main(["--config", config, "eval", "folder", questions, "--synth", "--knowledge", str(tmp_path / "nodir"),
                  "--out", str(out)]) == 2
-    assert f"{tmp_path / 'nodir'}: no such knowledge folder" in _error(capsys)
+    assert f"--knowledge {tmp_path / 'nodir'}: does not exist" in _error(capsys)
     assert not out.exists()
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder\n", encoding="utf-8")
     assert main(["--config", config, "--knowledge", str(a_file), "eval", "folder", questions, "--synth",
                  "--out", str(out)]) == 2
-    assert f"{a_file}: no such knowledge folder" in _error(capsys)
+    assert f"--knowledge {a_file}: is a file" in _error(capsys)
     assert not out.exists()
 
 

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_texts(questions, modes, args.synth)
     knowledge = index_dir = None
     if dataset == "folder":
-        knowledge, index_dir = knowledge_folder(config, args.knowledge)
+        knowledge, index_dir = knowledge_folder(config)
     spec = runner.RunSpec(dataset, tuple(modes), top_k, "folder" if knowledge else args.scope)
     speech = speech_source(args, dataset, questions)  # synthesis is written into --out
     for question in questions:
@@ -158,11 +158,12 @@ def check_out_folder(out: Path) -> None:
             return
 
 
-def knowledge_folder(config: Config, folder: str | None) -> tuple[Path, Path]:
-    """(knowledge folder, its index folder) for questions about the user's own folder."""
+def knowledge_folder(config: Config) -> tuple[Path, Path]:
+    """(knowledge folder, its index folder) for questions about the user's own folder; --knowledge
+    has set retrieval.knowledge_dir."""
     from voicechat.retrieval import index_location
 
-    knowledge, index_dir = index_location(config.retrieval, config.resolve_path, folder)
+    knowledge, index_dir = index_location(config.retrieval, config.resolve_path)
     if not knowledge.is_dir():
         raise VoicechatError(f"{knowledge}: no such knowledge folder; name an existing folder with --knowledge DIR")
     return knowledge, index_dir
@@ -247,8 +248,9 @@ class _Bar:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        console = Console(stderr=True)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+                            TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
         self.task = self.bar.add_task(self.description, total=None)
         self.bar.start()
         return self
