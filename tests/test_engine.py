@@ -19,7 +19,15 @@ from voicechat.config import Config
 from voicechat.engine import CollectingSpeaker, Components, Engine, TurnInput
 from voicechat.errors import BackendError
 from voicechat.events import (
-    AudioChunk, Event, PromptReady, Retrieved, SpeechTokenized, SpeechTokens, StageFailed, TextDelta, TurnFinished,
+    AudioChunk,
+    Event,
+    PromptReady,
+    Retrieved,
+    SpeechTokenized,
+    SpeechTokens,
+    StageFailed,
+    TextDelta,
+    TurnFinished,
     TurnStarted,
 )
 
@@ -150,6 +158,26 @@ def test_interrupt_mid_reply_stops_and_keeps_only_what_was_heard(config: Config,
     assert sum(special.is_audio(t) for t in reply) == int(0.5 * 12.5)
     generated = sum(e.count for e in events if isinstance(e, SpeechTokens))
     assert generated < config.generation.max_new_tokens
+
+
+def test_ctrl_c_during_a_reply_leaves_no_model_thread_running(config: Config, parts: Components) -> None:
+    def ctrl_c_at_first_speech(event: Event) -> None:
+        if isinstance(event, SpeechTokens):  # emitted on the calling thread, as Ctrl-C would land
+            raise KeyboardInterrupt
+
+    long_replies = dataclasses.replace(config, generation=dataclasses.replace(config.generation, max_new_tokens=2000))
+    engine = Engine(long_replies, parts, ctrl_c_at_first_speech)
+    try:
+        engine.run_turn(TurnInput(text="Tell me a long story."))
+    except KeyboardInterrupt:
+        # Checked while the interruption is handled and its traceback holds the turn's frames: the
+        # workers were stopped before it left the turn, not when its leftovers are freed.
+        running = [t.name for t in threading.enumerate() if t.name in ("lm-generate", "voicechat-decoder")]
+    else:
+        pytest.fail("the Ctrl-C did not end the turn")
+    assert running == []
+    _, result = run(config, parts, TurnInput(text="And now?"))  # the model is free again
+    assert result.finished.reply_text and not result.finished.interrupted
 
 
 def test_failing_language_model_is_reported_and_the_next_turn_works(config: Config, parts: Components) -> None:

@@ -86,6 +86,40 @@ def test_hotpotqa_modes_side_by_side_then_rerun_skips_finished_questions(
 
 
 @pytest.mark.slow
+def test_interrupted_run_removes_its_temporary_indexes_and_a_rerun_finishes_it(
+        tmp_path: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import tempfile
+
+    from voicechat.evaluation import runner
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    real_run_question = runner.run_question
+    answered = []
+
+    def ctrl_c_at_the_second_question(config, parts, retriever, question, *rest):
+        """Test double around the real runner step: Ctrl-C lands while the second question runs."""
+        if answered:
+            raise KeyboardInterrupt
+        answered.append(list(temp.iterdir()))  # the run's temporary folder, holding the question's index
+        return real_run_question(config, parts, retriever, question, *rest)
+
+    speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
+    out = tmp_path / "run"
+    args = ["--config", str(tiny_models_dir / "config.yaml"), "eval", "hotpotqa", str(DATA / "hotpot_small.json"),
+            "--speech", str(speech), "--modes", "norag", "--out", str(out)]
+    monkeypatch.setattr(runner, "run_question", ctrl_c_at_the_second_question)
+    assert main(args) == 130
+    assert answered[0] and list(temp.iterdir()) == []  # the per-question indexes and their folder are gone
+    assert [r["id"] for r in _lines(out / RESULTS)] == ["q1"]
+    monkeypatch.setattr(runner, "run_question", real_run_question)
+    assert main(args) == 0
+    assert [r["id"] for r in _lines(out / RESULTS)] == ["q1", "q2"]
+    assert list(temp.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_global_scope_searches_every_question_passages_in_one_and_two_rounds(tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
     speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
     out = tmp_path / "run"

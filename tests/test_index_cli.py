@@ -15,7 +15,7 @@ from voicechat.cli import main
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, sonar_dir: Path, knowledge: Path) -> Path:
+def config_file(tmp_path: Path, sonar_dir: Path, knowledge: Path) -> Path:  # noqa: F811
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "models": {"sonar_text": {"source": str(sonar_dir / "text_encoder" / "card.yaml"), "device": "cpu"},
@@ -33,7 +33,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_index_then_update_then_stats(capsys, config_file, knowledge):
+def test_index_then_update_then_stats(capsys, config_file, knowledge):  # noqa: F811
     code, out, err = run(capsys, "--config", str(config_file), "index", str(knowledge))
     assert code == 0, err
     assert "8 added" in out and "flat index" in out
@@ -49,7 +49,7 @@ def test_index_then_update_then_stats(capsys, config_file, knowledge):
     assert json.loads(out)["chunks"] > 0
 
 
-def test_search_text_prints_the_matching_chunk_first(capsys, config_file, knowledge):
+def test_search_text_prints_the_matching_chunk_first(capsys, config_file, knowledge):  # noqa: F811
     run(capsys, "--config", str(config_file), "index")
     question = ("Jupiter is the largest planet. Its diameter is about eleven times that of Earth, and its "
                 "Great Red Spot is a storm larger than Earth that has been observed for more than 350 years.")
@@ -86,7 +86,7 @@ def test_bad_command_lines_give_one_line_errors(capsys, config_file, argv, messa
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_path, sonar_dir, knowledge,
+def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_path, sonar_dir, knowledge,  # noqa: F811
                                                                   monkeypatch):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "sonar").symlink_to(sonar_dir)
@@ -98,3 +98,48 @@ def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_pa
     code, out, err = run(capsys, "--config", str(config), "index")
     assert code == 0, err
     assert (tmp_path / "models" / "index" / "manifest.json").is_file()
+
+
+def test_ctrl_c_while_indexing_prints_one_line_and_tells_how_to_continue(capsys, config_file, knowledge,  # noqa: F811
+                                                                        monkeypatch):
+    from voicechat.retrieval import index as index_module
+    from voicechat.retrieval.encoders import SonarTextEncoder
+
+    real_embed = SonarTextEncoder.embed
+    calls = []
+
+    def ctrl_c_at_the_second_file(self, texts, langs, progress=None):
+        """Test double around the real encoder: Ctrl-C lands while the second file is embedded."""
+        calls.append(texts)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_embed(self, texts, langs, progress)
+
+    def voicechat_lines(err: str) -> list[str]:
+        return [line for line in err.splitlines() if line.startswith("voicechat:")]
+
+    monkeypatch.setattr(index_module, "GROUP_CHUNKS", 1)  # one file per group
+    monkeypatch.setattr(SonarTextEncoder, "embed", ctrl_c_at_the_second_file)
+    code, _, err = run(capsys, "--config", str(config_file), "index", str(knowledge))
+    assert code == 130
+    assert voicechat_lines(err) == [
+        "voicechat: interrupted; 1 files were saved to the index, run the same command again to continue"]
+
+    # The first build never finished: the folder has a store but no manifest yet.
+    for argv in (["index", str(knowledge), "--stats"], ["search", "tea", "--knowledge", str(knowledge)]):
+        code, _, err = run(capsys, "--config", str(config_file), *argv)
+        assert code == 2
+        assert voicechat_lines(err) == [f"voicechat: error: {knowledge / '.voicechat-index'}: building this index "
+                                        "was interrupted before it finished; run `voicechat index DIR` to finish it"]
+
+    calls.clear()
+    code, _, err = run(capsys, "--config", str(config_file), "index", str(knowledge), "--rebuild")
+    assert code == 130
+    assert voicechat_lines(err) == [
+        "voicechat: interrupted; 1 files were saved to the index, run the same command without --rebuild to continue"]
+    monkeypatch.setattr(SonarTextEncoder, "embed", real_embed)
+    code, out, err = run(capsys, "--config", str(config_file), "index", str(knowledge))
+    assert code == 0, err
+    assert "7 added" in out  # only the files the interrupted rebuild had not saved
+    code, out, _ = run(capsys, "--config", str(config_file), "index", "--stats", "--json")
+    assert code == 0 and json.loads(out)["files"] == 8

@@ -31,12 +31,12 @@ FAST = HttpSettings(connect_timeout_s=2, read_timeout_s=5, retries=2, retry_dela
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_lm: Path) -> GlmTextTokenizer:
+def tokenizer(tiny_lm: Path) -> GlmTextTokenizer:  # noqa: F811
     return GlmTextTokenizer.from_pretrained(tiny_lm)
 
 
 @pytest.fixture(scope="module")
-def local(tiny_lm: Path) -> LocalBackend:
+def local(tiny_lm: Path) -> LocalBackend:  # noqa: F811
     return LocalBackend.from_pretrained(tiny_lm, device="cpu", dtype="float32")
 
 
@@ -129,6 +129,7 @@ def test_local_abandoned_stream_frees_the_model(local: LocalBackend, prompt: lis
     stream = local.stream(prompt, greedy(1000), threading.Event())
     next(stream)
     stream.close()
+    assert "lm-generate" not in [t.name for t in threading.enumerate()]  # closing waited for the worker
     assert len(list(local.stream(prompt, greedy(2), threading.Event()))) == 2
 
 
@@ -207,7 +208,7 @@ def test_server_reports_a_failed_generation_with_the_protocol_error_line(tokeniz
 
 
 @pytest.mark.slow
-def test_voicechat_serve_command_serves_the_tiny_model(tiny_lm: Path, tokenizer: GlmTextTokenizer,
+def test_voicechat_serve_command_serves_the_tiny_model(tiny_lm: Path, tokenizer: GlmTextTokenizer,  # noqa: F811
                                                        local: LocalBackend, prompt: list[int], tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"offline: true\nmodels:\n  lm:\n    source: {tiny_lm}\n    device: cpu\n    dtype: float32\n")

@@ -12,21 +12,33 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
 from voicechat.config import Config
 from voicechat.errors import VoicechatError
 from voicechat.events import (
-    AudioChunk, Event, PromptReady, Retrieved, SpeechTokenized, SpeechTokens, StageFailed, Source,
-    TextDelta, TurnFinished, TurnStarted, TurnTimings,
+    AudioChunk,
+    Event,
+    PromptReady,
+    Retrieved,
+    Source,
+    SpeechTokenized,
+    SpeechTokens,
+    StageFailed,
+    TextDelta,
+    TurnFinished,
+    TurnStarted,
+    TurnTimings,
 )
 from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText, demux
 from voicechat.glm.lm import LMBackend, SamplingParams
 from voicechat.glm.prompt import Conversation, Passage, Prompt, PromptBuilder
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
+from voicechat.worker import Worker
 
 SPEECH_RATE = 16000  # utterances arrive at the models' rate
 TOKENS_PER_SECOND = 12.5  # speech tokens per second of reply audio
@@ -342,13 +354,15 @@ class _Turn:
         text = ""
         try:
             tokens = self.parts.backend.stream(prompt.ids, params, cancel)
-            for event in demux(tokens, self.parts.text_tokenizer, params.stop_ids, params.max_new_tokens, cancel):
-                if isinstance(event, ReplyText):
-                    text += event.text
-                    if any(mark in text for mark in ".?!。？！\n"):
-                        cancel.set()  # one sentence is all we need
-                elif isinstance(event, ReplySpeech) and text:
-                    cancel.set()
+            events = demux(tokens, self.parts.text_tokenizer, params.stop_ids, params.max_new_tokens, cancel)
+            with closing_stream(tokens), closing_stream(events):
+                for event in events:
+                    if isinstance(event, ReplyText):
+                        text += event.text
+                        if any(mark in text for mark in ".?!。？！\n"):
+                            cancel.set()  # one sentence is all we need
+                    elif isinstance(event, ReplySpeech) and text:
+                        cancel.set()
         finally:
             self.engine.unlink(cancel)
         return text.strip()
@@ -387,11 +401,14 @@ class _Reply:
 
     def play(self) -> str:
         turn = self.turn
-        decoder = threading.Thread(target=self.decode, name="voicechat-decoder", daemon=True)
+        decoder = Worker(self.decode, "voicechat-decoder", self.cancel)
         turn.engine.speaker.begin()
         decoder.start()
         try:
             outcome = self.stream(turn.sampling())
+        except BaseException:  # an error or Ctrl-C: the decoder drops what is left instead of decoding it
+            self.cancel.set()
+            raise
         finally:
             self.tokens.put(None)
             decoder.join()
@@ -401,21 +418,23 @@ class _Reply:
     def stream(self, params: SamplingParams) -> str:
         turn = self.turn
         tokens = turn.parts.backend.stream(self.prompt.ids, params, self.cancel)
-        for event in demux(tokens, turn.parts.text_tokenizer, params.stop_ids, params.max_new_tokens, self.cancel):
-            if isinstance(event, ReplyText):
-                turn.reply_text += event.text
-                turn.emit(TextDelta(text=event.text, t=event.t))
-            elif isinstance(event, ReplySpeech):
-                if self.check_lead and self.lacks_information():
-                    return "fallback"
-                turn.emit(SpeechTokens(count=len(event.tokens), t=event.t))
-                self.tokens.put(list(event.tokens))
-            elif isinstance(event, ReplyEnded):
-                turn.reply_ids = list(event.reply_ids)
-                return "interrupted" if event.reason == "cancelled" else "done"
-            elif isinstance(event, ReplyFailed):
-                turn.reply_ids = list(event.reply_ids)
-                turn.fail("language model", event.error)
+        events = demux(tokens, turn.parts.text_tokenizer, params.stop_ids, params.max_new_tokens, self.cancel)
+        with closing_stream(tokens), closing_stream(events):
+            for event in events:
+                if isinstance(event, ReplyText):
+                    turn.reply_text += event.text
+                    turn.emit(TextDelta(text=event.text, t=event.t))
+                elif isinstance(event, ReplySpeech):
+                    if self.check_lead and self.lacks_information():
+                        return "fallback"
+                    turn.emit(SpeechTokens(count=len(event.tokens), t=event.t))
+                    self.tokens.put(list(event.tokens))
+                elif isinstance(event, ReplyEnded):
+                    turn.reply_ids = list(event.reply_ids)
+                    return "interrupted" if event.reason == "cancelled" else "done"
+                elif isinstance(event, ReplyFailed):
+                    turn.reply_ids = list(event.reply_ids)
+                    turn.fail("language model", event.error)
         return "done"
 
     def lacks_information(self) -> bool:
@@ -450,3 +469,16 @@ class _Reply:
         if turn.engine.speaker.push(audio):
             turn.audio.append(audio)
             turn.emit(AudioChunk(samples=audio, rate=turn.parts.decoder.sample_rate))
+
+
+@contextmanager
+def closing_stream(stream: Iterator) -> Iterator[Iterator]:
+    """Closes a token or event stream however the loop over it ends (finished, returned early, an
+    error, Ctrl-C), so that the worker behind it stops now rather than when it is garbage."""
+    try:
+        yield stream
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Any) -> int:
+    from voicechat.cli import EXIT_INTERRUPTED
     from voicechat.retrieval import index_location
     from voicechat.retrieval.index import KnowledgeIndex
 
@@ -33,28 +34,35 @@ def run(args: argparse.Namespace, config: Any) -> int:
         finally:
             index.close()
         return 0
-    report = build(config, knowledge, index_dir, args.rebuild, args.index_type or config.retrieval.index_type)
+    with ProgressReporter() as reporter:
+        try:
+            report = build(config, knowledge, index_dir, args.rebuild, args.index_type or config.retrieval.index_type,
+                           reporter)
+        except KeyboardInterrupt:
+            reporter.stop()
+            print(interrupted(reporter.files_done, args.rebuild), file=sys.stderr)
+            return EXIT_INTERRUPTED
     print(summary(report, index_dir))
     return 0
 
 
-def build(config: Any, knowledge, index_dir, rebuild: bool, index_type: str):
+def build(config: Any, knowledge, index_dir, rebuild: bool, index_type: str, reporter=None):
     from voicechat.retrieval import sonar_spec
     from voicechat.retrieval.encoders import SonarTextEncoder, encoder_identity
     from voicechat.retrieval.index import Indexer, Settings
 
     spec = sonar_spec(config.models.sonar_text, config.resolve_path)
     settings = Settings(encoder_identity(spec), config.retrieval.languages, config.retrieval.chunking)
-    with ProgressReporter() as reporter:
-        indexer = Indexer(knowledge, index_dir, settings, lambda: SonarTextEncoder.load(spec, config.offline),
-                          reporter, index_type)
-        try:
-            return indexer.update(rebuild=rebuild)
-        except KeyboardInterrupt:
-            reporter.stop()
-            print(f"voicechat: interrupted; {reporter.files_done} files were saved to the index, "
-                  "run the same command again to continue", file=sys.stderr)
-            raise
+    indexer = Indexer(knowledge, index_dir, settings, lambda: SonarTextEncoder.load(spec, config.offline),
+                      reporter, index_type)
+    return indexer.update(rebuild=rebuild)
+
+
+def interrupted(files_saved: int, rebuild: bool) -> str:
+    """What Ctrl-C leaves behind, and how to go on: a rerun embeds only the files not saved yet,
+    unless it rebuilds again."""
+    again = "the same command without --rebuild" if rebuild else "the same command again"
+    return f"voicechat: interrupted; {files_saved} files were saved to the index, run {again} to continue"
 
 
 def summary(report, index_dir) -> str:
@@ -126,8 +134,7 @@ class ProgressReporter:
         self.console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, markup=True)
 
     def planned(self, files: int, chunks: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.files_total = files
         self.progress = Progress(

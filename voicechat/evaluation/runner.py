@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -290,13 +291,16 @@ def run(config: Config, parts, scopes: Scopes, questions: list[Question], speech
     done = total - sum(1 for q in pending for m in spec.modes if (q.id, m) not in results.done)
     report = progress or (lambda done, total: None)
     report(done, total)
-    for question, retriever in scopes.per_question(pending, spec.scope, questions):
-        audio = speech.load(question.id)
-        for mode in spec.modes:
-            if (question.id, mode) in results.done:
-                continue
-            results.append(run_question(config, parts, retriever, question, audio, mode, spec))
-            done += 1
-            report(done, total)
+    # closed however the loop ends (also on Ctrl-C), so the questions' indexes and their temporary
+    # folder are removed now rather than whenever the generator is garbage collected
+    with closing(scopes.per_question(pending, spec.scope, questions)) as scoped:
+        for question, retriever in scoped:
+            audio = speech.load(question.id)
+            for mode in spec.modes:
+                if (question.id, mode) in results.done:
+                    continue
+                results.append(run_question(config, parts, retriever, question, audio, mode, spec))
+                done += 1
+                report(done, total)
     parts.retriever = None
     return results.records

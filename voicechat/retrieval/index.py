@@ -743,6 +743,10 @@ class KnowledgeIndex:
     @classmethod
     def open(cls, index_dir: Path) -> "KnowledgeIndex":
         manifest = read_manifest(index_dir)
+        if manifest is None and (index_dir / STORE).is_file():  # the manifest is written last
+            raise KnowledgeIndexError(
+                f"{index_dir}: building this index was interrupted before it finished; "
+                "run `voicechat index DIR` to finish it")
         if manifest is None:
             raise KnowledgeIndexError(
                 f"{index_dir}: no knowledge index here; build it with `voicechat index DIR`")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from voicechat.errors import BackendError, VoicechatError
 from voicechat.glm.lm import SamplingParams
+from voicechat.worker import Worker
 
 if TYPE_CHECKING:
     import torch
@@ -45,15 +46,15 @@ class LocalBackend:
             raise BackendError("the prompt is empty")
         tokens: queue.Queue[Any] = queue.Queue()
         abandoned = threading.Event()  # the consumer stopped reading
-        worker = threading.Thread(target=self._run, args=(list(prompt_ids), params, cancel, abandoned, tokens),
-                                  name="lm-generate", daemon=True)
+        worker = Worker(lambda: self._run(list(prompt_ids), params, cancel, abandoned, tokens), "lm-generate",
+                        abandoned)
         worker.start()
         try:
             while (item := tokens.get()) is not _END and not cancel.is_set():
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-        finally:
+        finally:  # also when the consumer closes the stream early, or a Ctrl-C passes through it
             abandoned.set()
             worker.join()  # at most one more forward step: then the model is free again
 
