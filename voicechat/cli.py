@@ -137,4 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:  # a second Ctrl-C would interrupt the interpreter's shutdown
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

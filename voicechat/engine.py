@@ -481,4 +481,3 @@ def closing_stream(stream: Iterator) -> Iterator[Iterator]:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-
