@@ -110,7 +110,7 @@ class ProgressReporter:
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # a long path stays on its line in logs
         self.progress = None
         self.task = None
         self.files_done = 0
@@ -140,7 +140,7 @@ class ProgressReporter:
         self.progress = Progress(
             TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
             TextColumn("{task.fields[files]}"), TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(), console=self.console, transient=True,
+            TimeRemainingColumn(), console=self.console, transient=True, disable=not self.console.is_terminal,
         )
         self.progress.start()
         self.task = self.progress.add_task("embed", total=chunks, files=self._files(), rate="")
