@@ -21,18 +21,8 @@ import numpy as np
 from voicechat.config import Config
 from voicechat.errors import VoicechatError
 from voicechat.events import (
-    AudioChunk,
-    Event,
-    PromptReady,
-    Retrieved,
-    Source,
-    SpeechTokenized,
-    SpeechTokens,
-    StageFailed,
-    TextDelta,
-    TurnFinished,
-    TurnStarted,
-    TurnTimings,
+    AudioChunk, Event, PromptReady, Retrieved, Source, SpeechTokenized, SpeechTokens, StageFailed, TextDelta,
+    TurnFinished, TurnStarted, TurnTimings,
 )
 from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText, demux
 from voicechat.glm.lm import LMBackend, SamplingParams
