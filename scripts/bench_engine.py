@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from voicechat.config import Config, load_config  # noqa: E402
-from voicechat.engine import Components, Engine, TurnInput  # noqa: E402
+from voicechat.engine import Components, Engine, EngineConfig, Settings, TurnInput  # noqa: E402
+from voicechat.glm.prompt import Conversation  # noqa: E402
 from voicechat.events import TurnTimings  # noqa: E402
 
 SPEECH_TOKENS = list(range(100))
@@ -89,12 +90,12 @@ def bench_orchestration(config: Config, turns: int) -> dict:
     config = replace(config, retrieval=replace(config.retrieval, rag="off"))
     real = load_components(config)
     parts = replace(real, backend=InstantBackend(real), speech_tokenizer=InstantTokenizer(), decoder=InstantDecoder())
-    engine = Engine(config, parts, lambda event: None)
+    engine = Engine(EngineConfig.from_config(config), parts, lambda event: None)
     audio = np.zeros(16000 * 2, np.float32)
     firsts = []
     for _ in range(turns):
-        engine.reset()
-        result = engine.run_turn(TurnInput(audio=audio, speech_end_t=time.monotonic()))
+        result = engine.run_turn(TurnInput(audio=audio, speech_end_t=time.monotonic()), Settings.from_config(config),
+                                 Conversation())
         firsts.append(result.finished.timings.first_audio_ms)
     real.close()
     return {"endpoint_to_first_audio_ms": _summary(firsts), "turns": turns}
@@ -115,12 +116,12 @@ def bench_tiny_turns(config: Config, turns: int) -> dict:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
             main(["--config", str(path), "index", str(REPO / "knowledge")])
         parts = load_components(config)
-        engine = Engine(config, parts, lambda event: None)
+        engine = Engine(EngineConfig.from_config(config), parts, lambda event: None)
         speech = _espeak("How long should green tea steep?")
         rows = []
         for _ in range(turns):
-            engine.reset()
-            rows.append(engine.run_turn(TurnInput(audio=speech, speech_end_t=time.monotonic())).finished.timings)
+            question = TurnInput(audio=speech, speech_end_t=time.monotonic())
+            rows.append(engine.run_turn(question, Settings.from_config(config), Conversation()).finished.timings)
         parts.close()
     fields = [f for f in asdict(TurnTimings()) if f not in ("underruns",)]
     return {"turns": turns, "question_s": round(speech.size / 16000, 2),

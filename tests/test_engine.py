@@ -16,13 +16,15 @@ import yaml
 from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.assemble import load_components
 from voicechat.config import Config
-from voicechat.engine import CollectingSpeaker, Components, Engine, TurnInput
+from voicechat.engine import CollectingSpeaker, Components, Engine, EngineConfig, Settings, TurnInput
 from voicechat.errors import BackendError
 from voicechat.events import (
     AudioChunk,
     Event,
     PromptReady,
     Retrieved,
+    RoundDiscarded,
+    RoundStarted,
     SpeechTokenized,
     SpeechTokens,
     StageFailed,
@@ -30,6 +32,7 @@ from voicechat.events import (
     TurnFinished,
     TurnStarted,
 )
+from voicechat.glm.prompt import Conversation
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES_PER_TOKEN = 1764  # 22050 Hz / 12.5 tokens per second
@@ -54,8 +57,8 @@ def question_audio(seconds: float = 1.5) -> np.ndarray:
 
 def run(config: Config, parts: Components, question: TurnInput, **engine_args) -> tuple[list[Event], object]:
     events: list[Event] = []
-    engine = Engine(config, parts, events.append, **engine_args)
-    return events, engine.run_turn(question)
+    engine = Engine(EngineConfig.from_config(config), parts, events.append, **engine_args)
+    return events, engine.run_turn(question, Settings.from_config(config), Conversation())
 
 
 def kinds(events: list[Event]) -> list[str]:
@@ -143,7 +146,7 @@ def test_interrupt_mid_reply_stops_and_keeps_only_what_was_heard(config: Config,
         def flush(self) -> None: ...
 
     events: list[Event] = []
-    engine = Engine(config, parts, events.append, speaker=HalfSecondHeard())
+    engine = Engine(EngineConfig.from_config(config), parts, events.append, speaker=HalfSecondHeard())
 
     def interrupt_at_first_audio(event: Event) -> None:
         events.append(event)
@@ -151,11 +154,10 @@ def test_interrupt_mid_reply_stops_and_keeps_only_what_was_heard(config: Config,
             threading.Thread(target=engine.interrupt).start()
 
     engine.emit_to_driver = interrupt_at_first_audio
-    result = engine.run_turn(TurnInput(text="Tell me a long story."))
+    result = engine.run_turn(TurnInput(text="Tell me a long story."), Settings.from_config(config), Conversation())
     assert result.finished.interrupted
     special = parts.text_tokenizer.special
-    (_, reply), = engine.history.turns
-    assert sum(special.is_audio(t) for t in reply) == int(0.5 * 12.5)
+    assert sum(special.is_audio(t) for t in result.heard_ids) == int(0.5 * 12.5)
     generated = sum(e.count for e in events if isinstance(e, SpeechTokens))
     assert generated < config.generation.max_new_tokens
 
@@ -166,9 +168,9 @@ def test_ctrl_c_during_a_reply_leaves_no_model_thread_running(config: Config, pa
             raise KeyboardInterrupt
 
     long_replies = dataclasses.replace(config, generation=dataclasses.replace(config.generation, max_new_tokens=2000))
-    engine = Engine(long_replies, parts, ctrl_c_at_first_speech)
+    engine = Engine(EngineConfig.from_config(long_replies), parts, ctrl_c_at_first_speech)
     try:
-        engine.run_turn(TurnInput(text="Tell me a long story."))
+        engine.run_turn(TurnInput(text="Tell me a long story."), Settings.from_config(config), Conversation())
     except KeyboardInterrupt:
         # Checked while the interruption is handled and its traceback holds the turn's frames: the
         # workers were stopped before it left the turn, not when its leftovers are freed.
@@ -193,31 +195,13 @@ def test_failing_language_model_is_reported_and_the_next_turn_works(config: Conf
         def close(self) -> None: ...
 
     broken = dataclasses.replace(parts, backend=FailsAfterFiveTokens())
-    events: list[Event] = []
-    engine = Engine(config, broken, events.append)
-    failed = engine.run_turn(TurnInput(text="first"))
+    events, failed = run(config, broken, TurnInput(text="first"))
     assert [e.message for e in events if isinstance(e, StageFailed)] == [
         "the model server closed the stream after 5 tokens"]
     assert failed.finished.reply_text == "".join(e.text for e in events if isinstance(e, TextDelta))
-    assert engine.history.turns == []  # a broken reply does not become context
-    engine.parts = parts
-    ok = engine.run_turn(TurnInput(text="second"))
-    assert ok.finished.reply_text and len(engine.history.turns) == 1
-
-
-def test_history_grows_and_old_turns_are_dropped_to_fit_the_budget(config: Config, parts: Components) -> None:
-    engine = Engine(config, parts, lambda e: None)
-    engine.run_turn(TurnInput(text="first question"))
-    engine.run_turn(TurnInput(text="second question"))
-    assert len(engine.history.turns) == 2
-    sizes: list[int] = []
-    engine.emit_to_driver = lambda e: sizes.append(e.tokens) if isinstance(e, PromptReady) else None
-    engine.run_turn(TurnInput(text="third question"))
-    full = sizes[-1]
-    tight = dataclasses.replace(config, generation=dataclasses.replace(config.generation, context_budget=full - 1))
-    engine.config = tight
-    engine.run_turn(TurnInput(text="fourth question"))
-    assert sizes[-1] <= full - 1
+    assert failed.prompt is None and failed.heard_ids == []  # a broken reply does not become context
+    _, ok = run(config, parts, TurnInput(text="second"))
+    assert ok.finished.reply_text and ok.prompt is not None
 
 
 # --- with retrieval over the sample knowledge folder --------------------------------------------
@@ -310,3 +294,5 @@ def test_fallback_drops_an_uninformed_reply_before_any_audio_and_retrieves_via_a
     second_prompt = [i for i, e in enumerate(events) if isinstance(e, PromptReady)][1]
     assert not any(isinstance(e, (AudioChunk, SpeechTokens)) for e in events[:second_prompt])
     assert "insufficient information" not in result.finished.reply_text
+    marks = [(type(e).__name__, e.round) for e in events if isinstance(e, (RoundStarted, RoundDiscarded))]
+    assert marks == [("RoundStarted", 1), ("RoundDiscarded", 1), ("RoundStarted", 2)]

@@ -11,7 +11,7 @@ import soundfile
 
 from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.config import Config
-from voicechat.events import Event, StageFailed, StateChanged, TurnFinished
+from voicechat.events import Event, Notice, StageFailed, StateChanged, TurnFinished
 from voicechat.live import LiveConversation
 from voicechat.sessions import read_turns
 
@@ -32,11 +32,11 @@ def test_each_turn_is_on_disk_as_soon_as_it_ends(tiny_config: Config, tmp_path: 
     events: queue.Queue = queue.Queue()
     live = LiveConversation(text_only(tiny_config, tmp_path / "sessions"), use_audio=False)
     live.start(events.put)
-    assert wait_for(events, StateChanged).state == "listening"
-    live.set_voice("calm")
+    assert wait_for(events, StateChanged).new == "listening"
+    live.cycle_voice()  # default -> calm
     live.ask_text("How long should green tea steep?")
     finished = wait_for(events, TurnFinished)
-    assert wait_for(events, StateChanged).state == "listening"
+    assert wait_for(events, StateChanged).new == "listening"
     # No close(): as if the process died right after the turn.
     (folder,) = (tmp_path / "sessions").iterdir()
     (turn,) = read_turns(folder / "turns.jsonl")
@@ -46,7 +46,7 @@ def test_each_turn_is_on_disk_as_soon_as_it_ends(tiny_config: Config, tmp_path: 
     assert turn["timings"]["prompt_tokens"] > 0
     audio, rate = soundfile.read(folder / turn["reply_audio"])
     assert rate == 22050 and audio.size > 0
-    assert "How long should green tea steep?" in live.transcript()
+    assert "How long should green tea steep?" in live.session.transcript_text()
     live.close()
 
 
@@ -65,4 +65,8 @@ def test_loading_failure_is_reported_not_raised(tiny_config: Config, tmp_path: P
     failed = wait_for(events, StageFailed)
     assert failed.stage == "loading"
     assert failed.message == f"missing models: speech decoder ({tmp_path / 'nope'}): no such file or folder"
+    assert wait_for(events, StateChanged).new == "error"
+    assert live.session.failure == failed.message  # `voicechat` then exits non-zero with this line
+    live.ask_text("anyone there?")
+    assert "could not start" in wait_for(events, Notice).text
     live.close()

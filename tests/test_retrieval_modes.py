@@ -20,7 +20,8 @@ from voicechat.errors import AudioError, ModelError
 from voicechat.retrieval.encoders import (
     SonarSpeechEncoder, SonarTextEncoder, encoder_identity, sonar_model_status, speech_segments)
 from voicechat.retrieval.index import Indexer, KnowledgeIndex, Settings
-from voicechat.retrieval.retriever import Retriever, merge_hits, needs_fallback
+from voicechat.glm.prompt import needs_fallback
+from voicechat.retrieval.retriever import Retriever, merge_hits
 
 LANGS = ("eng_Latn", "zho_Hans")
 

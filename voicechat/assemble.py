@@ -11,13 +11,13 @@ from voicechat.errors import VoicechatError
 Progress = Callable[[str, int, int], None]  # (what is loading now, steps done, steps in all)
 
 
-def retrieval_modes(config: Config) -> set[str]:
-    """Typed questions and the rewrite round always use the text encoder."""
-    rag = config.retrieval.rag
+def retrieval_modes(rag: str, two_round: str) -> set[str]:
+    """The retrieval modes a setting needs loaded; typed questions and the rewrite round always
+    use the text encoder."""
     modes = {"text"} if rag != "off" else set()
     if rag in ("e2e", "asr"):
         modes.add(rag)
-    if config.retrieval.two_round == "fallback":
+    if rag != "off" and two_round == "fallback":
         modes.add("asr")
     return modes
 
@@ -58,7 +58,7 @@ def load_components(config: Config, progress: Progress | None = None,
 
 def load_retriever_or_warn(config: Config, on_warning: Callable[[str], None] | None):
     """Without an index the conversation still works, without retrieval: say so and go on."""
-    modes = retrieval_modes(config)
+    modes = retrieval_modes(config.retrieval.rag, config.retrieval.two_round)
     if not modes:
         return None
     from voicechat.retrieval.retriever import load_retriever
@@ -70,3 +70,13 @@ def load_retriever_or_warn(config: Config, on_warning: Callable[[str], None] | N
             raise
         on_warning(f"answering without retrieval: {error}")
         return None
+
+
+def add_retrieval_modes(config: Config, parts: Components, modes: set[str]) -> None:
+    """Load retrieval modes a conversation switched to (opening the index if none was open)."""
+    from voicechat.retrieval.retriever import load_modes, load_retriever
+
+    if parts.retriever is None:
+        parts.retriever = load_retriever(config, modes)
+    else:
+        load_modes(parts.retriever, config, modes)

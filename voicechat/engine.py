@@ -18,19 +18,19 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from voicechat.config import Config
+from voicechat.audio.resample import MODEL_RATE
+from voicechat.config import Config, DecoderConfig, GenerationConfig, VoicePreset
 from voicechat.errors import VoicechatError
 from voicechat.events import (
-    AudioChunk, Event, PromptReady, Retrieved, Source, SpeechTokenized, SpeechTokens, StageFailed, TextDelta,
-    TurnFinished, TurnStarted, TurnTimings,
+    AudioChunk, Event, PromptReady, Retrieved, RoundDiscarded, RoundStarted, Source, SpeechTokenized, SpeechTokens,
+    StageFailed, TextDelta, TurnFinished, TurnStarted, TurnTimings,
 )
 from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText, demux
 from voicechat.glm.lm import LMBackend, SamplingParams
-from voicechat.glm.prompt import Conversation, Passage, Prompt, PromptBuilder
+from voicechat.glm.prompt import FALLBACK_INSTRUCTION, Conversation, Passage, Prompt, PromptBuilder, needs_fallback
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
 from voicechat.worker import Worker
 
-SPEECH_RATE = 16000  # utterances arrive at the models' rate
 TOKENS_PER_SECOND = 12.5  # speech tokens per second of reply audio
 REWRITE_INSTRUCTION = (
     "Do not answer yet. In one short sentence, state what information is needed to answer this question."
@@ -72,10 +72,25 @@ class Speaker(Protocol):
         """Monotonic time the reply's first sample reaches the device; None without one."""
 
 
+class Retrieval(Protocol):
+    """What one retrieval found, and how long its stages took (seconds)."""
+
+    @property
+    def sources(self) -> tuple[Source, ...]: ...
+
+    mode: str  # e2e, asr or text
+    query_text: str | None
+    timings: dict[str, float]
+
+
 class Retriever(Protocol):
+    @property
+    def modes(self) -> frozenset[str]:
+        """The retrieval modes whose models are loaded ("e2e", "asr", "text")."""
+
     def retrieve(self, mode: str, *, samples: np.ndarray | None = None, rate: int | None = None,
-                 question: str | None = None, k: int | None = None): ...
-    def rewrite(self, first, need: str, k: int | None = None): ...
+                 question: str | None = None) -> Retrieval: ...
+    def rewrite(self, first: Retrieval, need: str) -> Retrieval: ...
 
 
 @dataclass
@@ -93,18 +108,38 @@ class Components:
         self.backend.close()
 
 
-@dataclass
+@dataclass(frozen=True)
+class EngineConfig:
+    """The part of the configuration a turn reads."""
+
+    generation: GenerationConfig
+    decoder: DecoderConfig
+    voices: dict[str, VoicePreset]
+
+    @classmethod
+    def from_config(cls, config: Config) -> EngineConfig:
+        return cls(config.generation, config.decoder, config.voices)
+
+    def voice_preset(self, name: str) -> VoicePreset:
+        return self.voices[name]
+
+
+@dataclass(frozen=True)
 class Settings:
-    """What the user can switch while talking."""
+    """What the user can switch while talking; a turn runs with the settings it started with."""
 
     rag: str
     two_round: str
     voice: str
 
+    @classmethod
+    def from_config(cls, config: Config) -> Settings:
+        return cls(config.retrieval.rag, config.retrieval.two_round, config.voice)
+
 
 @dataclass
 class TurnInput:
-    audio: np.ndarray | None = None  # 16 kHz mono float32
+    audio: np.ndarray | None = None  # MODEL_RATE mono float32
     text: str | None = None
     speech_end_t: float | None = None  # when the user stopped speaking (endpointer's estimate)
 
@@ -115,6 +150,8 @@ class TurnResult:
     sources: tuple[Source, ...]
     reply_audio: np.ndarray
     events: list[Event] = field(default_factory=list)
+    prompt: Prompt | None = None  # the final round's prompt; None when the turn failed before it
+    heard_ids: list[int] = field(default_factory=list)  # the reply as the user heard it
 
 
 class CollectingSpeaker:
@@ -147,14 +184,15 @@ class CollectingSpeaker:
 
 
 class Engine:
-    def __init__(self, config: Config, parts: Components, emit: Callable[[Event], None],
+    """Runs turns on loaded components; the conversation's state (settings, history) is the
+    caller's (voicechat.session) and comes in with each turn."""
+
+    def __init__(self, config: EngineConfig, parts: Components, emit: Callable[[Event], None],
                  speaker: Speaker | None = None) -> None:
         self.config = config
         self.parts = parts
         self.emit_to_driver = emit
         self.speaker = speaker or CollectingSpeaker()
-        self.settings = Settings(config.retrieval.rag, config.retrieval.two_round, config.voice)
-        self.history = Conversation()
         self.turns = 0
         self.cancel = threading.Event()  # the user interrupted the current turn
         self._linked: set[threading.Event] = set()
@@ -162,11 +200,12 @@ class Engine:
 
     # --- one turn ---------------------------------------------------------------------------------
 
-    def run_turn(self, question: TurnInput) -> TurnResult:
-        """Runs a whole turn on the calling thread; interrupt() from any thread cuts it short."""
+    def run_turn(self, question: TurnInput, settings: Settings, history: Conversation) -> TurnResult:
+        """Runs a whole turn on the calling thread; interrupt() from any thread cuts it short.
+        ``history`` is read, not changed: the caller adds the result's prompt and heard reply."""
         self.cancel.clear()
         self.turns += 1
-        return _Turn(self, self.turns, question).run()
+        return _Turn(self, self.turns, question, settings, history).run()
 
     def interrupt(self) -> None:
         with self._lock:
@@ -188,18 +227,17 @@ class Engine:
         with self._lock:
             self._linked.discard(event)
 
-    def reset(self) -> None:
-        self.history.clear()
-
 
 class _Turn:
     """The state of one turn; its methods are the stages."""
 
-    def __init__(self, engine: Engine, number: int, question: TurnInput) -> None:
+    def __init__(self, engine: Engine, number: int, question: TurnInput, settings: Settings,
+                 history: Conversation) -> None:
         self.engine = engine
         self.parts = engine.parts
         self.config = engine.config
-        self.settings = Settings(**vars(engine.settings))  # a switch mid-turn applies to the next turn
+        self.settings = settings
+        self.history = history
         self.number = number
         self.question = question
         self.events: list[Event] = []
@@ -224,11 +262,12 @@ class _Turn:
                 retrieval = self.rewrite(speech_tokens, retrieval)
             prompt, outcome = self.answer(speech_tokens, retrieval, round_number=1)
             if outcome == "fallback":
+                self.emit(RoundDiscarded(round=1, why="the passages did not hold the answer; "
+                                                      "retrying with ASR retrieval"))
                 retrieval = self.retrieve("asr", round_number=2)
                 prompt, outcome = self.answer(speech_tokens, retrieval, round_number=2)
         interrupted = self.engine.cancel.is_set()
-        if prompt is not None and not self.failed:
-            self.engine.history.add(prompt, self.heard_reply_ids(interrupted))
+        keep = prompt is not None and not self.failed
         end_t = time.monotonic()
         speaker = self.engine.speaker
         timings = TurnTimings.from_events(self.events, end_t=end_t, underruns=speaker.underruns,
@@ -237,7 +276,8 @@ class _Turn:
                                 timings=timings, t=end_t)
         self.emit(finished)
         audio = np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
-        return TurnResult(finished, self.sources, audio, self.events)
+        return TurnResult(finished, self.sources, audio, self.events, prompt if keep else None,
+                          self.heard_reply_ids(interrupted) if keep else [])
 
     # --- understanding the question: speech tokens and retrieval, concurrently ------------------
 
@@ -251,13 +291,13 @@ class _Turn:
     def tokenize(self) -> list[int] | None:
         started = time.monotonic()
         try:
-            tokens = self.parts.speech_tokenizer.tokenize(self.question.audio, SPEECH_RATE)
+            tokens = self.parts.speech_tokenizer.tokenize(self.question.audio, MODEL_RATE)
         except VoicechatError as error:
             return self.fail("speech tokenizer", error)
         self.emit(SpeechTokenized(started=started, count=len(tokens)))
         return tokens
 
-    def retrieve(self, mode: str, round_number: int):
+    def retrieve(self, mode: str, round_number: int) -> Retrieval | None:
         retriever = self.parts.retriever
         if retriever is None:
             return None
@@ -266,18 +306,14 @@ class _Turn:
             if mode == "text":
                 result = retriever.retrieve("text", question=self.question.text)
             else:
-                result = retriever.retrieve(mode, samples=self.question.audio, rate=SPEECH_RATE)
+                result = retriever.retrieve(mode, samples=self.question.audio, rate=MODEL_RATE)
         except VoicechatError as error:
             return self.fail("retrieval", error, fatal=False)
         self.show_sources(result, mode, round_number, started)
         return result
 
-    def show_sources(self, result, mode: str, round_number: int, started: float) -> None:
-        self.sources = tuple(
-            Source(rank=i + 1, score=hit.score, file=hit.chunk.file, heading=hit.chunk.heading,
-                   lines=(hit.chunk.start, hit.chunk.end), text=hit.passage, injected=True)
-            for i, hit in enumerate(result.hits)
-        )
+    def show_sources(self, result: Retrieval, mode: str, round_number: int, started: float) -> None:
+        self.sources = result.sources
         stage_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
         self.emit(Retrieved(started=started, mode=mode, round=round_number, sources=self.sources,
                             query=result.query_text, stage_ms=stage_ms))
@@ -298,10 +334,10 @@ class _Turn:
 
     # --- answering ----------------------------------------------------------------------------------
 
-    def build_prompt(self, speech_tokens, retrieval, instruction: str) -> Prompt:
-        passages = [Passage(f"{hit.chunk.file}", hit.passage) for hit in (retrieval.hits if retrieval else [])]
+    def build_prompt(self, speech_tokens, retrieval: Retrieval | None, instruction: str) -> Prompt:
+        passages = [Passage(source.file, source.text) for source in (retrieval.sources if retrieval else ())]
         return self.parts.prompts.build(
-            self.engine.history,
+            self.history,
             speech_tokens=speech_tokens if self.question.audio is not None else None,
             text=self.question.text if self.question.audio is None else None,
             passages=passages,
@@ -314,21 +350,20 @@ class _Turn:
         stop = (self.parts.text_tokenizer.special.user,)
         return SamplingParams.from_config(self.config.generation, stop, preset)
 
-    def answer(self, speech_tokens, retrieval, round_number: int) -> tuple[Prompt | None, str]:
+    def answer(self, speech_tokens, retrieval: Retrieval | None, round_number: int) -> tuple[Prompt | None, str]:
         """Streams the reply; the outcome is "done", "interrupted" or "fallback" (the reply said
         it lacked information, and was dropped before any of its audio played)."""
         check_lead = (self.settings.two_round == "fallback" and round_number == 1
                       and self.question.audio is not None and retrieval is not None)
         instruction = self.config.voice_preset(self.settings.voice).instruction
         if check_lead:
-            from voicechat.retrieval.retriever import FALLBACK_INSTRUCTION
-
             instruction = f"{FALLBACK_INSTRUCTION}\n{instruction}".strip()
         try:
             prompt = self.build_prompt(speech_tokens, retrieval, instruction)
         except VoicechatError as error:
             self.fail("prompt", error)
             return None, "done"
+        self.emit(RoundStarted(round=round_number, mode=retrieval.mode if retrieval else "off"))
         self.emit(PromptReady(tokens=len(prompt.ids)))
         self.reply_text, self.reply_ids, self.audio = "", [], []
         return prompt, _Reply(self, prompt, check_lead).play()
@@ -430,8 +465,6 @@ class _Reply:
     def lacks_information(self) -> bool:
         """At the first speech token the leading text is known: a reply that says it lacks
         information is dropped (cancelled before any of its audio was decoded)."""
-        from voicechat.retrieval.retriever import needs_fallback
-
         self.check_lead = False
         if needs_fallback(self.turn.reply_text):
             self.cancel.set()

@@ -49,8 +49,30 @@ class LoadProgress(Event):
 
 @dataclass(frozen=True)
 class StateChanged(Event):
-    state: str  # listening, hearing, thinking, speaking, muted, error
-    detail: str = ""
+    """The conversation's turn-taking state moved (see voicechat.session for the states)."""
+
+    old: str
+    new: str
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class SettingsChanged(Event):
+    """What is in effect now; ``loading`` names retrieval modes whose models are on their way."""
+
+    rag: str
+    two_round: str
+    voice: str
+    loading: tuple[str, ...] = ()
+    muted: bool = False
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """One line for the user that is not a failure of a stage (a refused switch, a saved file)."""
+
+    text: str
+    error: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,7 +84,7 @@ class MicLevel(Event):
 class TurnStarted(Event):
     turn: int
     question: str | None  # typed text, or None for speech
-    audio: np.ndarray | None = field(repr=False)  # the utterance at 16 kHz, for speech
+    audio: np.ndarray | None = field(repr=False)  # the utterance at MODEL_RATE, for speech
     speech_end_t: float | None  # when the user stopped speaking (endpointer's estimate)
     mode: str
     voice: str
@@ -82,6 +104,22 @@ class Retrieved(Event):
     sources: tuple[Source, ...]
     query: str | None = None  # the text searched for (asr transcript, rewrite), if any
     stage_ms: dict[str, float] = field(default_factory=dict)  # e.g. asr, embed, search
+
+
+@dataclass(frozen=True)
+class RoundStarted(Event):
+    """A reply round begins (a turn has two in the fallback mode); ``mode``: its retrieval."""
+
+    round: int
+    mode: str
+
+
+@dataclass(frozen=True)
+class RoundDiscarded(Event):
+    """The round's reply was dropped before any of its audio played; another round follows."""
+
+    round: int
+    why: str
 
 
 @dataclass(frozen=True)

@@ -1,33 +1,27 @@
-"""A live conversation: microphone and speaker around the engine, one turn at a time.
+"""A live conversation: the models, the microphone and the speaker around a ConversationSession.
 
-It loads the models, opens the audio devices, turns each utterance (or typed question) into an
-engine turn on its own thread, keeps the session log, and reports everything as events. The TUI
-drives it through the few methods of its ConversationControl protocol; it imports no UI code.
+It loads the models and opens the audio devices on its own thread, then answers the session's
+questions one at a time. The session owns every piece of conversation state; this module only
+connects it to devices and threads. The TUI drives it through the few methods of its
+ConversationControl protocol; it imports no UI code.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import queue
 import threading
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from voicechat.audio.events import (
-    DeviceFailed, Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded,
-)
-from voicechat.audio.resample import as_float32
+from voicechat.assemble import add_retrieval_modes, load_components
 from voicechat.config import Config
-from voicechat.engine import CollectingSpeaker, Components, Engine, Settings, TurnInput, TurnResult
+from voicechat.engine import CollectingSpeaker, Components, TurnInput
 from voicechat.errors import AudioError, VoicechatError
-from voicechat.events import DeviceChoice, Event, MicLevel, StageFailed, StateChanged
-from voicechat.sessions import SessionLog, TurnRecord, default_sessions_dir
+from voicechat.events import DeviceChoice, Event, LoadProgress, Notice, StageFailed
+from voicechat.session import ConversationSession
 
 log = logging.getLogger(__name__)
 
-SILENT_DBFS = -60.0  # the bottom of the level meter
 WAIT_FOR_PLAYBACK_S = 600.0
 
 
@@ -35,21 +29,17 @@ class LiveConversation:
     def __init__(self, config: Config, save: bool = True,
                  load: Callable[..., Components] | None = None, use_audio: bool = True) -> None:
         self.config = config
-        self.save = save and config.sessions.save
         self.load = load
         self.use_audio = use_audio
-        self.settings = Settings(config.retrieval.rag, config.retrieval.two_round, config.voice)
         self.emit: Callable[[Event], None] = lambda event: None
-        self.engine: Engine | None = None
+        self.session = ConversationSession(config, self._emit, save=save)
         self.listener = None
         self.player = None
-        self.log: SessionLog | None = None
-        self.questions: queue.Queue[TurnInput | None] = queue.Queue()
-        self.busy = threading.Event()
-        self.muted = False
-        self.talk: list[np.ndarray] | None = None  # push-to-talk: utterances gathered so far
-        self.history: list[tuple[str, str, bool]] = []  # (question, reply, interrupted) for transcripts
         self.thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def _emit(self, event: Event) -> None:
+        self.emit(event)
 
     # --- ConversationControl ----------------------------------------------------------------------
 
@@ -59,36 +49,37 @@ class LiveConversation:
         self.thread.start()
 
     def ask_text(self, text: str) -> None:
-        self.questions.put(TurnInput(text=text))
+        self.session.ask(TurnInput(text=text))
 
     def interrupt(self) -> None:
         if self.listener is not None:
-            self.listener.interrupt(by="key")  # flushes the speaker and calls engine.interrupt
-        elif self.engine is not None:
-            self.engine.interrupt()
+            self.listener.interrupt(by="key")  # flushes the speaker; the session hears Interrupted
+        else:
+            self.session.interrupt(by="key")
 
-    def set_muted(self, muted: bool) -> None:
-        self.muted = muted
+    def toggle_muted(self) -> None:
+        self.session.toggle_muted()
 
-    def push_to_talk(self, active: bool) -> None:
-        """While active, everything said (pauses included) becomes one question at release."""
-        if active:
-            self.talk = []
-            return
-        gathered, self.talk = self.talk, None
-        if gathered:
-            self.questions.put(TurnInput(audio=np.concatenate(gathered)))
+    def toggle_push_to_talk(self) -> None:
+        """Press once to talk, again to send: everything heard between (pauses included) is one
+        question."""
+        if self.listener is None:
+            self.emit(Notice("no microphone: press / to type your question", error=True))
+        elif self.session.talking:
+            self.session.release_to_talk(self.listener.stop_recording())
+        elif self.session.press_to_talk():
+            self.listener.start_recording()
 
-    def set_rag(self, mode: str) -> None:
-        self.settings.rag = mode
+    def cycle_rag(self) -> None:
+        self.session.cycle_rag()
 
-    def set_two_round(self, mode: str) -> None:
-        self.settings.two_round = mode
+    def cycle_two_round(self) -> None:
+        self.session.cycle_two_round()
 
-    def set_voice(self, name: str) -> None:
-        self.settings.voice = name
+    def cycle_voice(self) -> None:
+        self.session.cycle_voice()
 
-    def input_devices(self):
+    def input_devices(self) -> list[DeviceChoice]:
         from voicechat.audio import devices
 
         try:
@@ -105,61 +96,51 @@ class LiveConversation:
         except AudioError as error:
             self.emit(StageFailed(stage="microphone", message=str(error)))
 
-    def transcript(self) -> str:
-        lines = [f"# voicechat conversation, {dt.datetime.now():%Y-%m-%d %H:%M}\n"]
-        for question, reply, interrupted in self.history:
-            lines.append(f"**You:** {question}\n")
-            lines.append(f"**Assistant:** {reply}{' *(interrupted)*' if interrupted else ''}\n")
-        return "\n".join(lines)
+    def save_transcript(self) -> Path:
+        return self.session.save_transcript()
 
     def close(self) -> None:
-        self.questions.put(None)
+        self._closed.set()
+        self.session.close()
         if self.listener is not None:
             self.listener.stop()
-        if self.engine is not None:
-            self.engine.interrupt()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout=10)
         if self.player is not None:
             self.player.close()
-        if self.engine is not None:
-            self.engine.parts.close()
+        if self.session.parts is not None:
+            self.session.parts.close()
 
     # --- the conversation thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         parts = self._load()
-        if parts is None:
+        if parts is None or self._closed.is_set():
             return
-        self.engine = Engine(self.config, parts, self.emit, self._open_speaker())
-        self.engine.settings = self.settings
-        self._open_session_log()
+        self.session.ready(parts, self._open_speaker(parts.decoder.sample_rate),
+                           load_modes=lambda modes: add_retrieval_modes(self.config, parts, modes))
         self._open_microphone()
-        self._listening()
-        while (question := self.questions.get()) is not None:
+        while (question := self.session.next_question()) is not None:
             self._turn(question)
 
     def _load(self) -> Components | None:
-        from voicechat.assemble import load_components
-        from voicechat.events import LoadProgress
-
         load = self.load or load_components
         try:
             return load(self.config, progress=lambda step, done, total: self.emit(LoadProgress(step, done, total)),
                         on_warning=lambda message: self.emit(StageFailed(stage="retrieval", message=message)))
         except VoicechatError as error:
             self.emit(LoadProgress("failed", 1, 1))
-            self.emit(StageFailed(stage="loading", message=str(error)))
+            self.session.failed(str(error))
             return None
 
-    def _open_speaker(self):
+    def _open_speaker(self, rate: int):
         if not self.use_audio:
             return CollectingSpeaker()
         from voicechat.audio.player import Player
 
         audio = self.config.audio
         try:
-            self.player = Player(audio.output_device, audio.playback).open()
+            self.player = Player(audio.output_device, audio.playback, source_rate=rate).open()
             return self.player
         except AudioError as error:
             self.emit(StageFailed(stage="speaker", message=f"{error}; replies are shown as text only"))
@@ -167,83 +148,24 @@ class LiveConversation:
 
     def _open_microphone(self) -> None:
         if not self.use_audio:
+            self.emit(Notice("no microphone: press / to type your questions"))
             return
         from voicechat.audio.listener import Listener
 
-        listener = Listener(self.config.audio, self._on_audio, self.player, on_interrupt=self.engine.interrupt)
+        listener = Listener(self.config.audio, self.session.on_audio, self.player)
         try:
             listener.start()
             self.listener = listener
         except AudioError as error:
             self.emit(StageFailed(stage="microphone", message=f"{error}; type your questions instead"))
 
-    def _open_session_log(self) -> None:
-        if not self.save:
-            return
-        root = self.config.resolve_path(self.config.sessions.dir) if self.config.sessions.dir else default_sessions_dir()
-        try:
-            self.log = SessionLog(root)
-        except VoicechatError as error:
-            self.emit(StageFailed(stage="session log", message=str(error)))
-
-    def _listening(self) -> None:
-        detail = "" if self.listener is not None else "no microphone: press / to type"
-        self.emit(StateChanged("muted" if self.muted else "listening", detail))
-
     def _turn(self, question: TurnInput) -> None:
-        self.busy.set()
         try:
-            result = self.engine.run_turn(question)
+            result = self.session.run_turn(question)
             if self.player is not None and not result.finished.interrupted:
                 self.player.wait(WAIT_FOR_PLAYBACK_S)
-            self._remember(question, result)
         except Exception as error:  # noqa: BLE001 - a bug in one turn must not end the conversation
             log.exception("turn failed")
             self.emit(StageFailed(stage="turn", message=f"{type(error).__name__}: {error}"))
         finally:
-            self.busy.clear()
-            self._listening()
-
-    def _remember(self, question: TurnInput, result: TurnResult) -> None:
-        finished = result.finished
-        asked = question.text if question.text is not None else f"(spoken, {len(question.audio) / 16000:.1f} s)"
-        self.history.append((asked, finished.reply_text, finished.interrupted))
-        if self.log is None:
-            return
-        record = TurnRecord(
-            turn=finished.turn, time=dt.datetime.now().isoformat(timespec="seconds"), mode=self.settings.rag,
-            two_round=self.settings.two_round, voice=self.settings.voice, question=question.text,
-            reply_text=finished.reply_text, interrupted=finished.interrupted, sources=list(result.sources),
-            timings=finished.timings,
-        )
-        try:
-            self.log.append(record, question.audio, 16000, result.reply_audio, self.engine.parts.decoder.sample_rate)
-        except VoicechatError as error:
-            self.emit(StageFailed(stage="session log", message=str(error)))
-
-    # --- the listener's thread --------------------------------------------------------------------
-
-    def _on_audio(self, event: object) -> None:
-        if isinstance(event, Level):
-            self.emit(MicLevel(level=min(1.0, max(0.0, 1 - event.dbfs / SILENT_DBFS))))
-        elif self.muted:
-            return
-        elif isinstance(event, SpeechStarted):
-            if self.busy.is_set() and self.config.audio.barge_in and self.engine is not None:
-                self.engine.interrupt()  # the reply is still being prepared: cancel it too
-            self.emit(StateChanged("hearing"))
-        elif isinstance(event, UtteranceEnded):
-            self._utterance(event)
-        elif isinstance(event, UtteranceDiscarded):
-            self._listening()
-        elif isinstance(event, DeviceFailed):
-            self.emit(StageFailed(stage="microphone", message=event.message))
-
-    def _utterance(self, event: UtteranceEnded) -> None:
-        audio = as_float32(event.audio)
-        if self.talk is not None:
-            self.talk.append(audio)
-            return
-        if self.busy.is_set() and not self.config.audio.barge_in:
-            return  # half-duplex: the user spoke while the assistant was thinking
-        self.questions.put(TurnInput(audio=audio, speech_end_t=event.end))
+            self.session.turn_over()

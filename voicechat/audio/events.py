@@ -1,6 +1,6 @@
-"""What the audio layer tells the conversation engine. Every event carries ``t``, a time on the
-monotonic clock (``time.monotonic()``) when the audio comes from a live device, or seconds from
-the start of the recording when it comes from a file."""
+"""What the audio layer tells the conversation. Every event carries ``t`` (from the common event
+base), a time on the monotonic clock (``time.monotonic()``) when the audio comes from a live
+device, or seconds from the start of the recording when it comes from a file."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ from typing import Literal
 
 import numpy as np
 
+from voicechat.audio.resample import MODEL_RATE
+from voicechat.events import Event
+
 
 @dataclass(frozen=True)
-class SpeechStarted:
+class SpeechStarted(Event):
     """The endpointer decided that the user is speaking."""
 
-    t: float  # when the decision was made
     start: float  # estimated start of speech (before the decision by the start trigger)
 
 
 @dataclass(frozen=True)
-class Level:
+class Level(Event):
     """Loudness of the last few tens of milliseconds, for meters."""
 
-    t: float
     dbfs: float
     noise_floor_dbfs: float
     speech: bool  # the last frame counted as speech
@@ -30,16 +31,15 @@ class Level:
 
 
 @dataclass(frozen=True, eq=False)
-class UtteranceEnded:
+class UtteranceEnded(Event):
     """One complete utterance: 16 kHz mono int16 audio from the pre-roll to a short tail."""
 
-    t: float  # when the end was decided
     start: float  # estimated start of speech
     end: float  # estimated end of speech (end of the last speech frame)
     audio: np.ndarray = field(repr=False)
     audio_start: float  # time of the first sample in ``audio``
     reason: Literal["silence", "max_length", "stream_end"] = "silence"
-    rate: int = 16000
+    rate: int = MODEL_RATE
 
     @property
     def decision_delay(self) -> float:
@@ -52,28 +52,25 @@ class UtteranceEnded:
 
 
 @dataclass(frozen=True)
-class UtteranceDiscarded:
+class UtteranceDiscarded(Event):
     """Speech that started but was shorter than the minimum utterance (a cough, a click)."""
 
-    t: float
     start: float
     end: float
 
 
 @dataclass(frozen=True)
-class Interrupted:
+class Interrupted(Event):
     """The assistant's playback was cut: the user spoke over it (barge-in) or pressed a key."""
 
-    t: float
     played_s: float  # seconds of the reply the user had heard
     by: Literal["speech", "key"]
 
 
 @dataclass(frozen=True)
-class DeviceFailed:
+class DeviceFailed(Event):
     """An audio device could not be used or stopped working; listening has stopped."""
 
-    t: float
     message: str
 
 

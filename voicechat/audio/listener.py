@@ -57,6 +57,8 @@ class Listener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._deaf_until = 0.0  # half-duplex: ignore the microphone until then
+        self._recording: list[np.ndarray] | None = None  # push-to-talk: every block while held
+        self._recording_lock = threading.Lock()
 
     def start(self, device: str | int | None = None) -> None:
         """Open the microphone (``device``, else audio.input_device) and start listening. Raises
@@ -79,6 +81,17 @@ class Listener:
         if self.capture is not None:
             self.capture.close()
             self.capture = None
+
+    def start_recording(self) -> None:
+        """Keep every block from now on (push-to-talk), pauses included."""
+        with self._recording_lock:
+            self._recording = []
+
+    def stop_recording(self) -> np.ndarray:
+        """What was heard since start_recording, as 16 kHz mono int16 (empty if nothing)."""
+        with self._recording_lock:
+            blocks, self._recording = self._recording or [], None
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.int16)
 
     def interrupt(self, by: str = "key") -> None:
         """Cut the assistant's reply now (a key press, or speech in barge-in mode)."""
@@ -103,6 +116,9 @@ class Listener:
             self.on_event(DeviceFailed(t=time.monotonic(), message=str(error)))
 
     def _block(self, samples: np.ndarray, t_end: float) -> None:
+        with self._recording_lock:
+            if self._recording is not None:
+                self._recording.append(samples)
         if self.endpointer is None:
             origin = t_end - samples.size / MODEL_RATE
             self.endpointer = Endpointer(self.config.vad, origin=origin)

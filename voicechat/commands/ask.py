@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.assemble import load_components
     from voicechat.audio.files import check_output, read_speech, write_wav
-    from voicechat.engine import Engine, TurnInput
+    from voicechat.engine import TurnInput
     from voicechat.errors import VoicechatError
     from voicechat.events import Event, StageFailed
+    from voicechat.session import ConversationSession
 
     if (args.audio is None) == (args.text is None):
         raise VoicechatError("give either an audio file or --text \"question\"")
@@ -43,8 +44,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if isinstance(event, StageFailed):
             failures.append(f"{event.stage}: {event.message}")
 
+    session = ConversationSession(config, collect, save=False)
     try:
-        result = Engine(config, parts, collect).run_turn(question)
+        session.ready(parts)
+        result = session.run_turn(question)
     finally:
         parts.close()
     rate = parts.decoder.sample_rate

@@ -28,4 +28,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     conversation = LiveConversation(config, save=not args.no_save, use_audio=not args.no_audio)
     VoicechatApp(config, conversation).run()
+    if conversation.session.failure is not None:
+        raise VoicechatError(f"the conversation could not start: {conversation.session.failure}")
     return 0

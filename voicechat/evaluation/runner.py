@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import Config
 from voicechat.errors import VoicechatError
 from voicechat.evaluation import metrics
@@ -199,6 +200,10 @@ class GoldTextRetriever:
         self.retriever = retriever
         self.question_text = question_text
 
+    @property
+    def modes(self) -> frozenset[str]:
+        return self.retriever.modes
+
     def retrieve(self, mode, *, samples=None, rate=None, question=None, k=None):
         return self.retriever.text(self.question_text, k)
 
@@ -211,15 +216,16 @@ class GoldTextRetriever:
 
 def run_question(config: Config, parts, retriever, question: Question, audio, mode: str,
                  spec: RunSpec) -> dict:
-    from voicechat.engine import Engine, Settings, TurnInput
+    from voicechat.engine import Settings, TurnInput
     from voicechat.events import Retrieved, StageFailed
+    from voicechat.session import ConversationSession
 
     rag, two_round = MODES[mode]
     parts.retriever = GoldTextRetriever(retriever, question.text) if mode == "text" else retriever
     events: list = []
-    engine = Engine(config, parts, events.append)
-    engine.settings = Settings(rag, two_round, engine.settings.voice)
-    result = engine.run_turn(TurnInput(audio=audio))
+    session = ConversationSession(config, events.append, save=False, settings=Settings(rag, two_round, config.voice))
+    session.ready(parts)
+    result = session.run_turn(TurnInput(audio=audio))
     rounds = [e for e in events if isinstance(e, Retrieved)]
     retrieved = [source.file for source in result.sources] if rounds else []
     transcript = next((e.query for e in rounds if e.mode == "asr"), None)
@@ -228,7 +234,7 @@ def run_question(config: Config, parts, retriever, question: Question, audio, mo
         "mode": mode,
         "question": question.text,
         "answers": [list(a) for a in question.answers],
-        "audio_s": round(len(audio) / 16000, 3),
+        "audio_s": round(len(audio) / MODEL_RATE, 3),
         "reply": result.finished.reply_text,
         "retrieved": retrieved,
         "relevant": question.relevant_files,

@@ -5,15 +5,13 @@
 - text: a typed question -> SONAR text encoder -> index.
 
 Hits that share a parent passage are merged (the passage is what goes to the model), and hits
-below the score threshold are dropped. Two-round building blocks: ``rewrite`` embeds the voice
-model's one-sentence statement of what it needs and merges its hits with the first round's;
-``needs_fallback`` spots a reply that starts by saying the information is insufficient, after
-which the caller retrieves again through ``asr``.
+below the score threshold are dropped. For the two-round ``rewrite`` mode, ``rewrite`` embeds the
+voice model's one-sentence statement of what it needs and merges its hits with the first round's.
+A retrieval hands the conversation engine its passages as ``Source``s.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -23,6 +21,7 @@ import numpy as np
 from voicechat.audio.resample import MODEL_RATE, to_model_input
 from voicechat.config import RetrievalConfig
 from voicechat.errors import AudioError, ModelError
+from voicechat.events import Source
 from voicechat.retrieval.chunking import detect_language
 from voicechat.retrieval.encoders import SpeechEncoder, TextEncoder
 from voicechat.retrieval.index import ChunkRecord, KnowledgeIndex
@@ -71,6 +70,14 @@ class Retrieval:
     query_text: str | None = None  # the typed question or the transcript
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        return tuple(
+            Source(rank=i + 1, score=hit.score, file=hit.chunk.file, heading=hit.chunk.heading,
+                   lines=(hit.chunk.start, hit.chunk.end), text=hit.passage, injected=True)
+            for i, hit in enumerate(self.hits)
+        )
+
 
 class Retriever:
     """Answers retrieval requests against one opened index. Encoders are loaded by the caller
@@ -84,6 +91,16 @@ class Retriever:
         self.speech = speech
         self.text_encoder = text
         self.transcriber = transcriber
+
+    @property
+    def modes(self) -> frozenset[str]:
+        """The retrieval modes whose models are loaded."""
+        loaded = {"e2e": self.speech, "text": self.text_encoder,
+                  "asr": self.transcriber if self.text_encoder is not None else None}
+        return frozenset(mode for mode, part in loaded.items() if part is not None)
+
+    def close(self) -> None:
+        self.index.close()
 
     # modes
 
@@ -183,51 +200,44 @@ def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
     return sorted(by_passage.values(), key=lambda h: -h.score)[:k]
 
 
-_INSUFFICIENT = re.compile(
-    r"insufficient\s+information|not\s+(?:entirely\s+|quite\s+|really\s+)?sure|"
-    r"信息不足|不确定|不太确定|无法确定", re.IGNORECASE)
-
-
-def needs_fallback(reply_text: str, lead_chars: int = 200) -> bool:
-    """True when the reply's leading text says the retrieved information is insufficient (the
-    phrases the fallback prompt asks for), so the caller should retrieve again through asr."""
-    return bool(_INSUFFICIENT.search(reply_text[:lead_chars]))
-
-
-# The prompt line of the fallback mode, whose answer needs_fallback() reads.
-FALLBACK_INSTRUCTION = 'If the text information is insufficient, answer "insufficient information".'
-
-
 def load_retriever(config, modes: set[str], knowledge_dir: str | None = None) -> Retriever:
     """Open the configured index and load the encoders that ``modes`` need (once each).
     ``config`` is the whole Config: this is where the model and retrieval sections meet."""
-    from voicechat.errors import KnowledgeIndexError
-    from voicechat.retrieval import index_location, sonar_spec
-    from voicechat.retrieval.encoders import SonarSpeechEncoder, SonarTextEncoder, encoder_identity
+    from voicechat.retrieval import index_location
 
     _, index_dir = index_location(config.retrieval, config.resolve_path, knowledge_dir)
     index = KnowledgeIndex.open(index_dir)
-    speech = text = transcriber = None
+    retriever = Retriever(index, config.retrieval)
     try:
-        if modes & {"text", "asr"}:
-            built_with = (index.manifest.get("encoder") or {})
-            text_spec = sonar_spec(config.models.sonar_text, config.resolve_path)
-            current = encoder_identity(text_spec)
-            if built_with != current:
-                raise KnowledgeIndexError(
-                    f"{index_dir}: the index was built with text encoder {built_with.get('source')!r} but the "
-                    f"config now names {current['source']!r}; run `voicechat index` to rebuild it")
-            text = SonarTextEncoder.load(text_spec, config.offline)
-        if "e2e" in modes:
-            speech = SonarSpeechEncoder.load(sonar_spec(config.models.sonar_speech, config.resolve_path),
-                                             config.offline)
-        if "asr" in modes:
-            from voicechat.retrieval.asr import WhisperTranscriber, resolve_asr_model
-
-            transcriber = WhisperTranscriber.from_pretrained(
-                resolve_asr_model(config), config.models.asr, config.retrieval.asr_language,
-                config.retrieval.languages)
+        load_modes(retriever, config, modes)
     except BaseException:
         index.close()
         raise
-    return Retriever(index, config.retrieval, speech=speech, text=text, transcriber=transcriber)
+    return retriever
+
+
+def load_modes(retriever: Retriever, config, modes: set[str]) -> None:
+    """Load into ``retriever`` the encoders that ``modes`` need and it does not have yet; each
+    one is attached when ready, so a conversation can go on with the modes it had."""
+    from voicechat.errors import KnowledgeIndexError
+    from voicechat.retrieval import sonar_spec
+    from voicechat.retrieval.encoders import SonarSpeechEncoder, SonarTextEncoder, encoder_identity
+
+    if modes & {"text", "asr"} and retriever.text_encoder is None:
+        built_with = (retriever.index.manifest.get("encoder") or {})
+        text_spec = sonar_spec(config.models.sonar_text, config.resolve_path)
+        current = encoder_identity(text_spec)
+        if built_with != current:
+            raise KnowledgeIndexError(
+                f"{retriever.index.index_dir}: the index was built with text encoder {built_with.get('source')!r} "
+                f"but the config now names {current['source']!r}; run `voicechat index` to rebuild it")
+        retriever.text_encoder = SonarTextEncoder.load(text_spec, config.offline)
+    if "e2e" in modes and retriever.speech is None:
+        retriever.speech = SonarSpeechEncoder.load(sonar_spec(config.models.sonar_speech, config.resolve_path),
+                                                   config.offline)
+    if "asr" in modes and retriever.transcriber is None:
+        from voicechat.retrieval.asr import WhisperTranscriber, resolve_asr_model
+
+        retriever.transcriber = WhisperTranscriber.from_pretrained(
+            resolve_asr_model(config), config.models.asr, config.retrieval.asr_language,
+            config.retrieval.languages)

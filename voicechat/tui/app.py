@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -13,13 +12,18 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Input, Label
 
+from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import Config
+from voicechat.errors import VoicechatError
 from voicechat.events import (
     DeviceChoice,
     Event,
     LoadProgress,
     MicLevel,
+    Notice,
     Retrieved,
+    RoundDiscarded,
+    SettingsChanged,
     StageFailed,
     StateChanged,
     TextDelta,
@@ -35,24 +39,22 @@ from voicechat.tui.widgets.sources import SourcesPanel
 from voicechat.tui.widgets.status_bar import StatusBar
 from voicechat.tui.widgets.timings import TimingsPanel
 
-RAG_MODES = ["e2e", "asr", "off"]
-TWO_ROUND_MODES = ["off", "rewrite", "fallback"]
-
 
 class ConversationControl(Protocol):
-    """What the app needs from the engine side; calls must return at once (work runs elsewhere)."""
+    """What the app needs from the conversation; calls return at once (work runs elsewhere) and
+    their outcome comes back as events."""
 
     def start(self, emit: Callable[[Event], None]) -> None: ...
     def ask_text(self, text: str) -> None: ...
     def interrupt(self) -> None: ...
-    def set_muted(self, muted: bool) -> None: ...
-    def push_to_talk(self, active: bool) -> None: ...
-    def set_rag(self, mode: str) -> None: ...
-    def set_two_round(self, mode: str) -> None: ...
-    def set_voice(self, name: str) -> None: ...
+    def toggle_muted(self) -> None: ...
+    def toggle_push_to_talk(self) -> None: ...
+    def cycle_rag(self) -> None: ...
+    def cycle_two_round(self) -> None: ...
+    def cycle_voice(self) -> None: ...
     def input_devices(self) -> list[DeviceChoice]: ...
     def use_input_device(self, index: int) -> None: ...
-    def transcript(self) -> str: ...
+    def save_transcript(self) -> Path: ...
     def close(self) -> None: ...
 
 
@@ -80,24 +82,30 @@ class VoicechatApp(App[None]):
         Binding("q,ctrl+q", "quit", "Quit"),
     ]
 
-    def __init__(self, config: Config, control: ConversationControl, save_dir: Path | None = None) -> None:
+    def __init__(self, config: Config, control: ConversationControl) -> None:
         super().__init__()
         self.config = config
         self.control = control
-        self.save_dir = save_dir or Path.cwd()
-        self.rag = config.retrieval.rag
-        self.two_round = config.retrieval.two_round
-        self.voice = config.voice
-        self.muted = False
-        self.talking = False
-        self.level = 0.0
-        self.reply: AssistantTurn | None = None
+        self.reply: AssistantTurn | None = None  # where the reply's text goes
         self.loading: LoadingScreen | None = None
         # The main screen's widgets, reachable while another screen is on top.
         self.conversation = Conversation(id="conversation")
         self.sources = SourcesPanel(id="sources")
         self.timings = TimingsPanel(id="timings")
         self.status = StatusBar(id="status")
+        self.renderers: dict[type[Event], Callable] = {
+            LoadProgress: self.show_progress,
+            StateChanged: self.show_state,
+            SettingsChanged: self.show_settings,
+            MicLevel: self.show_level,
+            TurnStarted: self.show_turn,
+            Retrieved: self.show_sources,
+            TextDelta: self.show_text,
+            RoundDiscarded: self.show_discarded_round,
+            StageFailed: self.show_failure,
+            Notice: self.show_notice,
+            TurnFinished: self.show_finished,
+        }
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -112,24 +120,18 @@ class VoicechatApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.status.set(rag=self.rag, two_round=self.two_round, voice=self.voice,
-                        backend=self.config.backend.kind)
-        self.set_interval(1 / self.config.ui.level_meter_hz, self.refresh_level)
+        self.status.set(backend=self.config.backend.kind)
         self.set_focus(None)
         self.control.start(lambda event: self.post_message(EngineEvent(event)))
-
-    def refresh_level(self) -> None:
-        self.status.set(level=0.0 if self.muted else self.level)
 
     # --- engine events ----------------------------------------------------------------------------
 
     def on_engine_event(self, message: EngineEvent) -> None:
-        event = message.event
-        handler = getattr(self, f"show_{type(event).__name__}", None)
-        if handler is not None:
-            handler(event)
+        render = self.renderers.get(type(message.event))
+        if render is not None:
+            render(message.event)
 
-    def show_LoadProgress(self, event: LoadProgress) -> None:
+    def show_progress(self, event: LoadProgress) -> None:
         if self.loading is None and event.done < event.total:
             self.loading = LoadingScreen(event.total)
             self.push_screen(self.loading)
@@ -139,34 +141,40 @@ class VoicechatApp(App[None]):
                 self.pop_screen()
                 self.loading = None
 
-    def show_StateChanged(self, event: StateChanged) -> None:
-        self.status.set(state="muted" if self.muted and event.state == "listening" else event.state,
-                        detail=event.detail)
+    def show_state(self, event: StateChanged) -> None:
+        self.status.set(state=event.new, detail=event.why if event.new == "error" else "")
 
-    def show_MicLevel(self, event: MicLevel) -> None:
-        self.level = event.level  # drawn by the timer, not per event
+    def show_settings(self, event: SettingsChanged) -> None:
+        self.status.set(rag=event.rag, two_round=event.two_round, voice=event.voice, loading=event.loading,
+                        muted=event.muted)
 
-    def show_TurnStarted(self, event: TurnStarted) -> None:
-        seconds = 0.0 if event.audio is None else len(event.audio) / 16000
+    def show_level(self, event: MicLevel) -> None:
+        self.status.set(level=event.level)
+
+    def show_turn(self, event: TurnStarted) -> None:
+        seconds = 0.0 if event.audio is None else len(event.audio) / MODEL_RATE
         self.conversation.add_user(seconds, event.audio, event.question)
         self.reply = self.conversation.add_assistant()
-        self.status.set(state="thinking", detail="")
 
-    def show_Retrieved(self, event: Retrieved) -> None:
+    def show_sources(self, event: Retrieved) -> None:
         self.sources.show(event.sources)
 
-    def show_TextDelta(self, event: TextDelta) -> None:
+    def show_text(self, event: TextDelta) -> None:
         if self.reply is not None:
             self.reply.append(event.text)
 
-    def show_AudioChunk(self, event: Event) -> None:
-        self.status.set(state="speaking")
+    def show_discarded_round(self, event: RoundDiscarded) -> None:
+        if self.reply is not None:
+            self.reply.discard(event.why)
+        self.reply = self.conversation.add_assistant()
 
-    def show_StageFailed(self, event: StageFailed) -> None:
+    def show_failure(self, event: StageFailed) -> None:
         self.conversation.add_notice(f"{event.stage} failed: {event.message}", error=True)
-        self.status.set(state="error", detail=event.message)
 
-    def show_TurnFinished(self, event: TurnFinished) -> None:
+    def show_notice(self, event: Notice) -> None:
+        self.notify(event.text, severity="error" if event.error else "information")
+
+    def show_finished(self, event: TurnFinished) -> None:
         if self.reply is not None:
             self.reply.finish(event.interrupted)
             self.reply = None
@@ -190,38 +198,25 @@ class VoicechatApp(App[None]):
         self.control.interrupt()
 
     def action_toggle_mute(self) -> None:
-        self.muted = not self.muted
-        self.control.set_muted(self.muted)
-        self.status.set(state="muted" if self.muted else "listening")
+        self.control.toggle_muted()
 
     def action_push_to_talk(self) -> None:
-        self.talking = not self.talking
-        self.control.push_to_talk(self.talking)
-        self.status.set(state="hearing" if self.talking else "thinking")
+        self.control.toggle_push_to_talk()
 
     def action_cycle_rag(self) -> None:
-        self.rag = _next(RAG_MODES, self.rag)
-        self.control.set_rag(self.rag)
-        self.status.set(rag=self.rag)
+        self.control.cycle_rag()
 
     def action_cycle_two_round(self) -> None:
-        self.two_round = _next(TWO_ROUND_MODES, self.two_round)
-        self.control.set_two_round(self.two_round)
-        self.status.set(two_round=self.two_round)
+        self.control.cycle_two_round()
 
     def action_cycle_voice(self) -> None:
-        self.voice = _next(list(self.config.voices), self.voice)
-        self.control.set_voice(self.voice)
-        self.status.set(voice=self.voice)
-        self.notify(self.config.voices[self.voice].description, title=f"voice: {self.voice}")
+        self.control.cycle_voice()
 
     def action_save_transcript(self) -> None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = self.save_dir / f"voicechat-transcript-{stamp}.md"
         try:
-            path.write_text(self.control.transcript(), encoding="utf-8")
-        except OSError as error:
-            self.notify(f"could not save the transcript: {error.strerror}", severity="error")
+            path = self.control.save_transcript()
+        except VoicechatError as error:
+            self.notify(str(error), severity="error")
             return
         self.notify(str(path), title="transcript saved")
 
@@ -237,12 +232,12 @@ class VoicechatApp(App[None]):
         self.push_screen(ConfigScreen(self.config))
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen([b for b in self.BINDINGS if isinstance(b, Binding)]))
+        keys = [(self.key_names(b), b.description) for b in self.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(keys))
+
+    def key_names(self, binding: Binding) -> str:
+        return ", ".join(self.get_key_display(Binding(key, binding.action)) for key in binding.key.split(","))
 
     async def action_quit(self) -> None:
         self.control.close()
         self.exit()
-
-
-def _next(choices: list[str], current: str) -> str:
-    return choices[(choices.index(current) + 1) % len(choices)] if current in choices else choices[0]

@@ -13,16 +13,17 @@ from textual.widgets import Static
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
-    def __init__(self, bindings: list[Binding]) -> None:
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        """``keys``: (the keys as the user types them, what they do)."""
         super().__init__()
-        self.app_bindings = bindings
+        self.keys = keys
 
     def compose(self) -> ComposeResult:
         table = Table(title="voicechat keys", expand=True)
         table.add_column("key")
         table.add_column("what it does")
-        for binding in self.app_bindings:
-            table.add_row(binding.key_display or binding.key, binding.description)
+        for keys, description in self.keys:
+            table.add_row(keys, description)
         table.add_row("enter", "send the typed question (in the text box)")
         with VerticalScroll(classes="dialog"):
             yield Static(table)

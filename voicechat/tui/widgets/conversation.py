@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
@@ -47,6 +48,12 @@ class AssistantTurn(Vertical):
     def append(self, delta: str) -> None:
         self.text += delta
         self.body.update(self.text)
+
+    def discard(self, why: str) -> None:
+        """This round's reply was dropped; the next round's reply follows below it."""
+        self.add_class("discarded")
+        self.who.update(f"Assistant (discarded: {why})")
+        self.body.update(Text(self.text or "(no text)", style="strike"))
 
     def finish(self, interrupted: bool) -> None:
         self.interrupted = interrupted

@@ -14,6 +14,7 @@ STATE_STYLES = {
     "thinking": "yellow",
     "speaking": "cyan",
     "muted": "dim",
+    "interrupted": "magenta",
     "error": "bold red",
 }
 
@@ -26,6 +27,8 @@ class Status:
     two_round: str = "off"
     voice: str = "default"
     backend: str = "local"
+    loading: tuple[str, ...] = ()  # retrieval modes being loaded
+    muted: bool = False
     detail: str = ""
 
 
@@ -33,6 +36,9 @@ class StatusBar(Static):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.status = Status()
+
+    def on_mount(self) -> None:
+        self.update(self.status_text())
 
     def set(self, **changes: object) -> None:
         status = replace(self.status, **changes)
@@ -45,8 +51,10 @@ class StatusBar(Static):
         meter = "▮" * round(10 * min(1.0, max(0.0, s.level)))
         line = Text()
         line.append(f" {s.state.upper():<9}", style=STATE_STYLES.get(s.state, ""))
-        line.append(f" mic {meter:<10} ", style="green")
+        line.append(" mic muted      " if s.muted else f" mic {meter:<10} ", style="dim" if s.muted else "green")
         line.append(f" rag:{s.rag}  two-round:{s.two_round}  voice:{s.voice}  backend:{s.backend}")
+        if s.loading:
+            line.append(f"  loading {', '.join(s.loading)}…", style="yellow")
         if s.detail:
             line.append(f"  {s.detail}", style="dim")
         return line

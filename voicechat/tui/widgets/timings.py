@@ -22,7 +22,7 @@ MILESTONES = [
 ]
 DURATIONS = [("tokenize", "tokenize_ms"), ("retrieve", "retrieve_ms"), ("  embed", "embed_ms"),
              ("  search", "search_ms")]
-BAR_WIDTH = 28
+BAR_WIDTH = 18
 
 
 class TimingsPanel(Static):
@@ -35,11 +35,11 @@ class TimingsPanel(Static):
         self.update(self.timings_table(timings))
 
     def timings_table(self, timings: TurnTimings) -> Table:
-        table = Table.grid(padding=(0, 1))
-        table.add_column("stage", no_wrap=True, min_width=12)
-        table.add_column("bar", width=BAR_WIDTH)
-        table.add_column("ms", justify="right")
-        table.add_column("avg", justify="right", style="dim")
+        table = Table(box=None, padding=(0, 1, 0, 0), show_edge=False, header_style="dim", expand=False)
+        table.add_column("", no_wrap=True, min_width=13)
+        table.add_column("", width=BAR_WIDTH, no_wrap=True)
+        table.add_column("this turn", justify="right", no_wrap=True, min_width=9)
+        table.add_column("average", justify="right", style="dim", no_wrap=True, min_width=7)
         scale = max((v for _, f in MILESTONES + DURATIONS if (v := getattr(timings, f)) is not None), default=1.0)
         for label, name in DURATIONS + MILESTONES:
             value = getattr(timings, name)
