@@ -127,3 +127,39 @@ def test_budget_drops_lowest_ranked_passages_when_the_turn_alone_is_too_long(bui
 def test_question_longer_than_the_budget_is_a_clear_error(builder: PromptBuilder) -> None:
     with pytest.raises(BackendError, match="context budget"):
         builder.build(Conversation(), speech_tokens=[1] * 500, max_tokens=300)
+
+
+def test_past_turns_are_remembered_without_their_passages_and_instruction(builder: PromptBuilder,
+                                                                         tokenizer: GlmTextTokenizer) -> None:
+    conversation = Conversation()
+    passages = [Passage("tea.txt", "Green tea steeps for two minutes at seventy degrees.")]
+    first = builder.build(conversation, speech_tokens=[5, 6], passages=passages, instruction="Speak calmly.")
+    conversation.add(first, tokenizer.encode("Two minutes."))
+    second = builder.build(conversation, speech_tokens=[7])
+    history = tokenizer.decode(second.ids[len(second.header):-len(second.turn_ids)])
+    assert "Two minutes." in history and "<|audio_5|>" in history
+    assert "seventy degrees" not in history and "Speak calmly." not in history
+    assert "seventy degrees" in tokenizer.decode(first.ids)  # the turn itself had them
+
+
+def test_an_overflowing_history_is_cut_in_one_block_and_the_prompt_start_then_stays(
+        builder: PromptBuilder, tokenizer: GlmTextTokenizer) -> None:
+    conversation = Conversation()
+    budget = 600
+    starts: list[list[int]] = []
+    for n in range(30):
+        prompt = builder.build(conversation, speech_tokens=list(range(n, n + 20)), max_tokens=budget)
+        assert len(prompt.ids) <= budget
+        starts.append(prompt.ids[len(prompt.header):len(prompt.header) + 10])
+        conversation.add(prompt, tokenizer.encode(f"answer {n}") + [tokenizer.special.audio_offset + n] * 20)
+    changes = sum(1 for a, b in zip(starts, starts[1:]) if a != b)
+    assert 1 <= changes <= 30 // 4  # the beginning moves rarely: each cut frees room for several turns
+
+
+def test_the_previous_policy_can_still_be_measured(tokenizer: GlmTextTokenizer) -> None:
+    old = PromptBuilder(tokenizer, remember_passages=True, refill=1.0)
+    passages = [Passage("tea.txt", "Green tea steeps for two minutes at seventy degrees.")]
+    conversation = Conversation()
+    conversation.add(old.build(conversation, speech_tokens=[5], passages=passages), [])
+    second = old.build(conversation, speech_tokens=[7])
+    assert "seventy degrees" in tokenizer.decode(second.ids[:-len(second.turn_ids)])

@@ -395,9 +395,10 @@ class _Turn:
     def heard_reply_ids(self, interrupted: bool) -> list[int]:
         """The reply as the user heard it: after an interruption, speech tokens not played yet
         (and the text that came with them) are not part of the conversation."""
-        if not interrupted:
+        played = self.engine.speaker.played_s
+        if not interrupted or played == float("inf"):  # without a device all of it was shown
             return self.reply_ids
-        heard = int(self.engine.speaker.played_s * TOKENS_PER_SECOND)
+        heard = int(played * TOKENS_PER_SECOND)
         special = self.parts.text_tokenizer.special
         kept, speech = [], 0
         for token in self.reply_ids:
