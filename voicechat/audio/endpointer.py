@@ -18,10 +18,10 @@ from collections import deque
 
 import numpy as np
 
+from voicechat.audio.resample import MODEL_RATE
 from voicechat.audio.events import Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded
 from voicechat.config import VadConfig
 
-RATE = 16000
 SILENCE_DBFS = -100.0  # the level reported for digital silence
 FLOOR_MIN_DBFS = -70.0  # the noise floor never goes below this
 FLOOR_PERCENTILE = 15.0  # of the frame energies over noise_window_s
@@ -44,7 +44,7 @@ class Endpointer:
         self.config = config
         self.origin = origin  # the time of the first sample pushed
         self._vad = webrtcvad.Vad(config.aggressiveness)
-        self.frame_len = RATE * config.frame_ms // 1000
+        self.frame_len = MODEL_RATE * config.frame_ms // 1000
         self._frame_s = config.frame_ms / 1000.0
         self._trailing = _frames(config.trailing_ms, config.frame_ms)
         self._preroll = _frames(config.preroll_ms, config.frame_ms, at_least=0)
@@ -113,7 +113,7 @@ class Endpointer:
         dbfs = frame_dbfs(frame)
         self._update_floor(dbfs)
         speech = dbfs > self._floor + self.config.energy_margin_db and self._vad.is_speech(
-            frame.tobytes(), RATE
+            frame.tobytes(), MODEL_RATE
         )
         self._recent.append(frame)
         self._window.append(speech)

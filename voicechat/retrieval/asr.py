@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import ModelSpec
 from voicechat.errors import ModelError
 
@@ -60,7 +61,7 @@ class WhisperTranscriber:
         model = model.to(where.device).eval()
         transcriber = cls(model, processor, language, allowed)
         with torch.inference_mode():
-            transcriber.transcribe(np.zeros(16000, dtype=np.float32))
+            transcriber.transcribe(np.zeros(MODEL_RATE, dtype=np.float32))
         return transcriber
 
     def transcribe(self, audio_16k: np.ndarray) -> tuple[str, str | None]:
@@ -68,11 +69,11 @@ class WhisperTranscriber:
 
         texts: list[str] = []
         detected: str | None = None
-        step = WINDOW_S * 16000
+        step = WINDOW_S * MODEL_RATE
         for start in range(0, max(1, len(audio_16k)), step):
             window = audio_16k[start:start + step]
             features = self._processor.feature_extractor(
-                window, sampling_rate=16000, return_tensors="pt").input_features
+                window, sampling_rate=MODEL_RATE, return_tensors="pt").input_features
             features = features.to(self._model.device, self._model.dtype)
             with torch.inference_mode():
                 ids = self._model.generate(features, task="transcribe", language=self.language,

@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
+from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import ModelSpec
 from voicechat.placement import resolve_device, resolve_dtype
 from voicechat.errors import AudioError, ModelError
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 ModelStatus = Literal["cached", "missing", "local"]
 
-SPEECH_RATE = 16000
 # w2v-BERT accepts 4096 fbank frames (stride 2, 10 ms hop): about 82 s. Longer audio is split into
 # equal segments no longer than this and their embeddings are averaged.
 MAX_SPEECH_SEGMENT_S = 60.0
@@ -304,15 +304,15 @@ class SonarSpeechEncoder:
         model = _load_model(card, get_sonar_speech_encoder_hub().load_model, spec, where)
         pipeline = SpeechToEmbeddingModelPipeline(model, device=where.device, fbank_dtype=where.dtype)
         encoder = cls(pipeline, 0)
-        encoder.dim = int(encoder.embed(np.zeros(SPEECH_RATE, dtype=np.float32)).shape[0])
+        encoder.dim = int(encoder.embed(np.zeros(MODEL_RATE, dtype=np.float32)).shape[0])
         return encoder
 
     def embed(self, audio_16k: np.ndarray) -> np.ndarray:
         import torch
 
         audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
-        if audio.size < SPEECH_RATE // 10:  # the fbank front end needs a few frames
-            audio = np.pad(audio, (0, SPEECH_RATE // 10 - audio.size))
+        if audio.size < MODEL_RATE // 10:  # the fbank front end needs a few frames
+            audio = np.pad(audio, (0, MODEL_RATE // 10 - audio.size))
         # The front end standardises each mel bin over time: silence or a steady tone has zero
         # variance there and would give NaN. One int16 step of fixed-seed dither prevents that.
         dither = np.random.default_rng(0).standard_normal(audio.size).astype(np.float32)
@@ -330,7 +330,7 @@ class SonarSpeechEncoder:
 
 def speech_segments(audio: np.ndarray, max_s: float = MAX_SPEECH_SEGMENT_S) -> list[np.ndarray]:
     """Audio longer than the encoder accepts, as equal consecutive segments within the limit."""
-    limit = int(max_s * SPEECH_RATE)
+    limit = int(max_s * MODEL_RATE)
     count = max(1, math.ceil(audio.size / limit))
     return [s for s in np.array_split(audio, count)]
 
