@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -51,3 +52,32 @@ def test_bad_token_file_is_one_line_error(config_file: Path, tmp_path: Path, con
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_whole_decode_with_the_reference_noise_reproduces_the_reference_audio(
+        shared_reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parity = shared_reference / "parity" / "decoder-tiny"  # the reference's decode of 57 tokens
+    config = tmp_path / "config.yaml"
+    config.write_text(f"offline: true\nmodels:\n  decoder:\n    source: {parity}\n    device: cpu\n")
+    out = tmp_path / "reply.wav"
+    command = ["--config", str(config), "detokenize", str(parity / "ref_tokens.json"), "--out", str(out), "--whole"]
+    reference = np.load(parity / "ref_whole.npy")
+
+    assert main([*command, "--reference-noise"]) == 0
+    assert "with the reference's random numbers" in capsys.readouterr().out
+    audio, rate = soundfile.read(str(out), dtype="float32")
+    assert rate == 22050 and audio.shape == reference.shape
+    assert np.abs(audio - reference).max() <= 1e-4  # 16-bit samples: within a few quantisation steps
+
+    assert main(command) == 0  # the reply's own noise: another rendering of the same tokens
+    assert np.abs(soundfile.read(str(out), dtype="float32")[0] - reference).max() > 1e-2
+
+
+def test_reference_noise_without_whole_is_one_line_error(config_file: Path, tokens_file: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reply.wav"
+    assert main(["--config", str(config_file), "detokenize", str(tokens_file), "--out", str(out),
+                 "--reference-noise"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--reference-noise needs --whole" in err and "\n" not in err
+    assert not out.exists()

@@ -21,7 +21,7 @@ from tests.support.speech_tokenizer import (  # noqa: F401 (fixtures)
     tiny_tokenizer_dir,
 )
 from voicechat.audio.files import read_audio, write_wav
-from voicechat.audio.resample import to_model_input
+from voicechat.audio.resample import StreamResampler, to_model_input
 from voicechat.errors import AudioError, ModelError
 from voicechat.glm.speech_tokenizer import SpeechTokenizer
 from voicechat.glm.whisper_vq import WhisperVQConfig, WhisperVQEncoder
@@ -247,6 +247,15 @@ def test_any_sample_rate_is_resampled_to_16_khz(tiny_tokenizer, rate: int) -> No
     assert len(tokens) == len(tiny_tokenizer.tokenize(audio16, RATE)) == 50
     if rate > RATE:  # same signal below 8 kHz: nearly the same tokens
         assert agreement(tokens, tiny_tokenizer.tokenize(audio16, RATE)) >= 0.8
+
+
+def test_speech_resampled_live_gives_the_tokens_of_the_whole_recording(tiny_tokenizer) -> None:
+    rate = 44100
+    native = speech_like(4.0, seed=8, rate=rate)
+    resampler, block = StreamResampler(rate, RATE), rate * 40 // 1000  # the microphone's 40 ms blocks
+    live = [resampler.process(native[start : start + block]) for start in range(0, native.size, block)]
+    audio = np.concatenate(live + [resampler.flush()])
+    assert tiny_tokenizer.tokenize(audio, RATE) == tiny_tokenizer.tokenize(native, rate)
 
 
 def test_stereo_uses_channel_0_like_the_reference(tiny_tokenizer, tmp_path: Path) -> None:

@@ -1,11 +1,21 @@
 """Sample-rate and channel conversion. Every model input goes through here: SONAR and the speech
-tokenizer expect 16 kHz mono and do not resample themselves."""
+tokenizer expect 16 kHz mono and do not resample themselves.
+
+Resampling is torchaudio's sinc resampler with its defaults (Hann-windowed sinc, 6 zero crossings,
+roll-off 0.99 of the lower Nyquist frequency), the one the GLM-4-Voice reference applies before its
+speech tokenizer, so that speech at any rate gives the reference's tokens. Whole signals go through
+`torchaudio.functional.resample` itself (:func:`resample`); live audio goes through
+:class:`StreamResampler`, which applies the same kernel block by block."""
 
 from __future__ import annotations
 
 from math import gcd
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_RATE = 16000
 
@@ -26,14 +36,16 @@ def as_float32(samples: np.ndarray) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Polyphase resampling of a 1-D float signal."""
+    """A whole 1-D signal at ``target`` Hz: float32, the samples of
+    ``torchaudio.functional.resample(waveform, rate, target)``, ceil(n × target / rate) of them."""
+    samples = as_float32(np.asarray(samples))
     if rate == target or samples.size == 0:
-        return as_float32(samples)
-    from scipy.signal import resample_poly
+        return samples
+    import torch
+    from torchaudio.functional import resample as sinc_resample
 
-    common = gcd(int(rate), int(target))
-    out = resample_poly(as_float32(samples), target // common, rate // common)
-    return out.astype(np.float32, copy=False)
+    with torch.inference_mode():
+        return sinc_resample(_tensor(samples), int(rate), int(target)).numpy()
 
 
 def to_model_input(samples: np.ndarray, rate: int, target: int = MODEL_RATE) -> np.ndarray:
@@ -42,69 +54,79 @@ def to_model_input(samples: np.ndarray, rate: int, target: int = MODEL_RATE) -> 
 
 
 class StreamResampler:
-    """Resamples a signal that arrives in blocks of any size, giving the same samples as
-    :func:`resample` on the whole signal (the same polyphase filter, with its history carried
-    from block to block), so block edges leave no clicks. 1-D float32 in and out."""
+    """Resamples a signal that arrives in blocks of any size with the kernel of :func:`resample`.
+
+    The stream starts with the zero padding the whole-signal resampler puts before the signal, and
+    :meth:`flush` adds the padding it puts after, so blocks followed by ``flush()`` give the samples
+    of :func:`resample` on the whole signal, edges included (equal to float32 rounding: both are
+    the same dot products, computed by convolutions over differently cut inputs). Each output sample
+    waits for the input that its kernel reaches: about 6 input periods at the lower of the two
+    rates. 1-D float32 in and out."""
 
     def __init__(self, rate: int, target: int) -> None:
-        common = gcd(int(rate), int(target))
         self.rate, self.target = int(rate), int(target)
-        self.up, self.down = self.target // common, self.rate // common
-        if self.up == self.down:
+        if self.rate == self.target:
             return
-        from scipy.signal import firwin
+        import torch
+        from torchaudio.transforms import Resample
 
-        half_len = 10 * max(self.up, self.down)
-        taps = firwin(2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0))
-        taps = taps * self.up
-        per_phase = -(-taps.size // self.up)
-        taps = np.pad(taps, (0, per_phase * self.up - taps.size))
-        # _phases[p, i] weighs input sample (k_last - per_phase + 1 + i) for output phase p
-        self._phases = taps.reshape(per_phase, self.up).T[:, ::-1].astype(np.float32)
-        self._delay = half_len
-        self._per_phase = per_phase
-        self._window = np.arange(-(per_phase - 1), 1)
+        # dtype float32: the kernel torchaudio.functional.resample builds for a float32 signal
+        sinc = Resample(self.rate, self.target, dtype=torch.float32)
+        self._kernel: torch.Tensor = sinc.kernel  # (outputs per step, 1, taps)
+        self._padding = sinc.width  # zeros before the signal; width + step after it
+        common = gcd(self.rate, self.target)
+        self._step = self.rate // common  # input samples between two kernel positions
+        self._outputs = self.target // common  # output samples at each position
         self.reset()
 
     def reset(self) -> None:
         """Forget the history: the next block starts a new signal."""
-        if self.up == self.down:
+        if self.rate == self.target:
             return
-        self._history = np.zeros(self._per_phase, dtype=np.float32)
-        self._first = -self._per_phase  # stream index of _history[0]
-        self._next = 0  # index of the next output sample
-        self._received = 0  # input samples so far
+        self._pending = np.zeros(self._padding, dtype=np.float32)  # input the next position starts at
+        self._received = 0
+        self._emitted = 0
 
     def process(self, block: np.ndarray) -> np.ndarray:
         block = as_float32(np.asarray(block))
-        if self.up == self.down:
+        if self.rate == self.target:
             return block
         self._received += block.size
-        self._history = np.concatenate([self._history, block])
-        available = self._first + self._history.size
-        # output m needs inputs up to (m * down + delay) // up
-        stop = (available * self.up - 1 - self._delay) // self.down + 1
-        if stop <= self._next:
-            return np.zeros(0, dtype=np.float32)
-        position = np.arange(self._next, stop) * self.down + self._delay
-        last_input, phase = np.divmod(position, self.up)
-        window = self._history[(last_input - self._first)[:, None] + self._window]
-        out = np.einsum("mi,mi->m", window, self._phases[phase])
-        self._next = stop
-        keep_from = (stop * self.down + self._delay) // self.up - (self._per_phase - 1)
-        if keep_from > self._first:
-            self._history = self._history[keep_from - self._first:]
-            self._first = keep_from
-        return out.astype(np.float32, copy=False)
+        return self._convolve(block)
 
     def flush(self) -> np.ndarray:
-        """The samples still held back at the end of the signal (the filter's delay), as if it
-        ended with silence; the next block starts a new signal."""
-        if self.up == self.down:
+        """The samples still held back at the end of the signal, as the whole-signal resampler
+        ends it (zero padding, then cut to ceil(n × target / rate) samples in all); the next block
+        starts a new signal."""
+        if self.rate == self.target:
             return np.zeros(0, dtype=np.float32)
-        total = -(-self._received * self.up // self.down)  # the whole signal's output length
-        missing = total - self._next
-        padding = np.zeros(self._delay // self.up + self._per_phase + 1, dtype=np.float32)
-        out = self.process(padding)[:missing]
+        total = -(-self._received * self._outputs // self._step)
+        out = self._convolve(np.zeros(self._padding + self._step, dtype=np.float32))
+        out = out[: max(0, total - (self._emitted - out.size))]
         self.reset()
         return out
+
+    def _convolve(self, block: np.ndarray) -> np.ndarray:
+        """Every kernel position that the input now covers, in output order."""
+        import torch
+
+        self._pending = np.concatenate([self._pending, block])
+        taps = self._kernel.shape[-1]
+        if self._pending.size < taps:
+            return np.zeros(0, dtype=np.float32)
+        positions = (self._pending.size - taps) // self._step + 1
+        covered = self._pending[: (positions - 1) * self._step + taps]
+        with torch.inference_mode():
+            frames = torch.nn.functional.conv1d(_tensor(covered)[None, None], self._kernel, stride=self._step)
+        out = frames[0].T.reshape(-1).numpy()
+        self._pending = self._pending[positions * self._step :]
+        self._emitted += out.size
+        return out
+
+
+def _tensor(samples: np.ndarray) -> torch.Tensor:
+    """A float32 tensor sharing memory with ``samples`` where numpy allows it."""
+    import torch
+
+    samples = np.ascontiguousarray(samples)
+    return torch.from_numpy(samples if samples.flags.writeable else samples.copy())

@@ -1,4 +1,4 @@
-"""voicechat detokenize TOKENS.json --out reply.wav [--chunks 10,25,50 | --whole]"""
+"""voicechat detokenize TOKENS.json --out reply.wav [--chunks 10,25,50 | --whole [--reference-noise]]"""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--chunks", type=_schedule, metavar="N,N,...",
                       help="streaming chunk sizes in tokens, the last repeating (default: decoder.chunk_schedule)")
     mode.add_argument("--whole", action="store_true", help="decode all tokens in one pass instead of streaming")
+    parser.add_argument("--reference-noise", action="store_true",
+                        help="with --whole: draw the random numbers as the reference implementation does (one "
+                             "generator seeded 42: the flow's starting noise, then the sine source's phases and "
+                             "noise), so the audio can be compared with the reference's decode")
 
 
 def _schedule(text: str) -> tuple[int, ...]:
@@ -55,6 +59,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.glm.decoder import SpeechDecoder
     from voicechat.models import resolve_model
 
+    if args.reference_noise and not args.whole:
+        raise VoicechatError("--reference-noise needs --whole: the reference's random numbers are drawn for "
+                             "one decode of the whole reply")
     tokens = read_tokens(args.tokens)
     if not tokens:
         raise VoicechatError(f"{args.tokens}: the token list is empty")
@@ -63,7 +70,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     decoder = SpeechDecoder.from_pretrained(resolve_model("decoder", config), device=spec.device, dtype=spec.dtype)
     decoder.check_tokens(tokens)
     if args.whole:
-        audio, how = decoder.decode(tokens, seed=config.decoder.seed), "in one pass"
+        if args.reference_noise:
+            noise, how = decoder.reference_noise(), "in one pass with the reference's random numbers"
+        else:
+            noise, how = decoder.noise(config.decoder.seed), "in one pass"
+        audio = decoder.decode(tokens, noise=noise)
     else:
         settings = config.decoder
         if args.chunks:

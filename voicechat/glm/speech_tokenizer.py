@@ -10,8 +10,8 @@ The reference (extract_speech_token in the GLM-4-Voice repository), followed ste
    by the conv strides and the pooling. Each window contributes ceil(samples / 1280) tokens.
 
 Channel 0 rather than a mix: the language model was served tokens of channel 0 by the reference, and
-a mix of two out-of-phase channels can cancel. Resampling uses the project's polyphase resampler
-(the reference used torchaudio's sinc resampler), so only non-16 kHz input can differ slightly.
+a mix of two out-of-phase channels can cancel. Resampling is torchaudio's default sinc resampler,
+as in the reference, so input at any rate gives the reference's tokens.
 
 `tokenize` is the latency path for one utterance (one forward pass for all its windows); `tokenize_batch`
 runs many utterances in batches of windows and gives the same tokens as `tokenize` for each.

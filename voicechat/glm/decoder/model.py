@@ -16,7 +16,7 @@ from voicechat.placement import resolve_device, resolve_dtype
 from voicechat.glm.decoder.config import DecoderFiles, load_decoder_config
 from voicechat.glm.decoder.flow import MaskedDiffWithXvec, frames_for_tokens
 from voicechat.glm.decoder.hift import HiFTGenerator, sine_waves
-from voicechat.glm.decoder.noise import ReferenceNoise, ReplyNoise
+from voicechat.glm.decoder.noise import REFERENCE_SEED, ReferenceNoise, ReplyNoise
 
 CONFIG_FILE, FLOW_FILE, HIFT_FILE = "config.yaml", "flow.pt", "hift.pt"
 
@@ -68,7 +68,7 @@ class SpeechDecoder:
     def noise(self, seed: int) -> ReplyNoise:
         return ReplyNoise(seed, self.files.flow.output_size, self.files.hift.nb_harmonics + 1, self.samples_per_frame)
 
-    def reference_noise(self, seed: int) -> ReferenceNoise:
+    def reference_noise(self, seed: int = REFERENCE_SEED) -> ReferenceNoise:
         return ReferenceNoise(seed, self.files.flow.output_size, self.files.hift.nb_harmonics + 1)
 
     def check_tokens(self, tokens: Sequence[int]) -> torch.Tensor:

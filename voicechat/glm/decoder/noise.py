@@ -18,6 +18,7 @@ import math
 import torch
 
 _FLOW, _PHASES, _SINE = 0, 1, 2
+REFERENCE_SEED = 42  # the reference's flow seeds torch with 42 before every decode
 
 
 def _uniform_phases(generator: torch.Generator, harmonics: int) -> torch.Tensor:
