@@ -102,7 +102,7 @@ def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_pa
 
 def test_ctrl_c_while_indexing_prints_one_line_and_tells_how_to_continue(capsys, config_file, knowledge,  # noqa: F811
                                                                         monkeypatch):
-    from voicechat.retrieval import index as index_module
+    from voicechat.retrieval import indexer as indexer_module
     from voicechat.retrieval.encoders import SonarTextEncoder
 
     real_embed = SonarTextEncoder.embed
@@ -118,7 +118,7 @@ def test_ctrl_c_while_indexing_prints_one_line_and_tells_how_to_continue(capsys,
     def voicechat_lines(err: str) -> list[str]:
         return [line for line in err.splitlines() if line.startswith("voicechat:")]
 
-    monkeypatch.setattr(index_module, "GROUP_CHUNKS", 1)  # one file per group
+    monkeypatch.setattr(indexer_module, "GROUP_CHUNKS", 1)  # one file per group
     monkeypatch.setattr(SonarTextEncoder, "embed", ctrl_c_at_the_second_file)
     code, _, err = run(capsys, "--config", str(config_file), "index", str(knowledge))
     assert code == 130

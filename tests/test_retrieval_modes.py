@@ -19,7 +19,8 @@ from voicechat.config import ModelSpec, RetrievalConfig
 from voicechat.errors import AudioError, ModelError
 from voicechat.retrieval.encoders import (
     SonarSpeechEncoder, SonarTextEncoder, encoder_identity, sonar_model_status, speech_segments)
-from voicechat.retrieval.index import Indexer, KnowledgeIndex, Settings
+from voicechat.retrieval.index import KnowledgeIndex
+from voicechat.retrieval.indexer import Indexer, Settings
 from voicechat.retrieval.retriever import Retriever, merge_hits, needs_fallback
 
 LANGS = ("eng_Latn", "zho_Hans")

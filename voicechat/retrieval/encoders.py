@@ -21,6 +21,7 @@ import numpy as np
 from voicechat.config import ModelSpec
 from voicechat.placement import resolve_device, resolve_dtype
 from voicechat.errors import AudioError, ModelError
+from voicechat.retrieval.manifest import file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,6 @@ def encoder_identity(spec: ModelSpec) -> dict[str, Any]:
         if not checkpoint.is_absolute():
             checkpoint = path.parent / checkpoint
         identity["name"] = metadata["name"]
-        from voicechat.retrieval.index import file_fingerprint
-
         identity["checkpoint"] = file_fingerprint(checkpoint) if checkpoint.is_file() else "missing"
     return identity
 
