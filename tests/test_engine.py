@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.assemble import load_components
 from voicechat.config import Config
 from voicechat.engine import CollectingSpeaker, Components, Engine, TurnInput

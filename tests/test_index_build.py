@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.retrieval import knowledge, sonar_dir, text_encoder, text_spec  # noqa: F401
 from voicechat.config import ChunkingConfig, RetrievalConfig
 from voicechat.errors import KnowledgeIndexError
 from voicechat.retrieval import faiss_index

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import soundfile
 
-from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.config import Config
 from voicechat.events import Event, StageFailed, StateChanged, TurnFinished
 from voicechat.live import LiveConversation

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.retrieval import (  # noqa: F401
-    REPO, knowledge, sonar_dir, speech_encoder, speech_spec, text_encoder, text_spec)
+from tests.support.retrieval import REPO
 from voicechat.config import ModelSpec, RetrievalConfig
 from voicechat.errors import AudioError, ModelError
 from voicechat.retrieval.encoders import SonarSpeechEncoder, SonarTextEncoder, encoder_identity, speech_segments

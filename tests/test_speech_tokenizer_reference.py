@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.support.speech_tokenizer import RATE, parity_dir, speech_like  # noqa: F401 (fixture)
+from tests.support.speech_tokenizer import RATE, speech_like
 from voicechat.audio.files import read_audio
 from voicechat.glm.speech_tokenizer import SpeechTokenizer
 from voicechat.testing.speech_tokenizer import FULL_CONFIG, TINY_CHANGES, write_checkpoint

@@ -19,7 +19,6 @@ import yaml
 
 from tests.support.pulse import MIC_RATE, PulseServer, start_private_server
 from tests.support.speech import espeak_available, speak
-from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
 from voicechat.cli import main
 from voicechat.sessions import read_turns
 
