@@ -52,7 +52,7 @@ def bench_build(args: argparse.Namespace) -> dict:
 
     from voicechat.config import ChunkingConfig, ModelSpec
     from voicechat.retrieval.encoders import SonarTextEncoder, encoder_identity
-    from voicechat.retrieval.index import Indexer, Settings
+    from voicechat.retrieval.indexer import Indexer, Settings
     from voicechat.testing.sonar import write_text_encoder
 
     torch.set_num_threads(args.threads)
@@ -104,7 +104,7 @@ def bench_reindex(args: argparse.Namespace) -> dict:
 
     from voicechat.config import ChunkingConfig, ModelSpec
     from voicechat.retrieval.encoders import SonarTextEncoder, encoder_identity
-    from voicechat.retrieval.index import Indexer, Settings
+    from voicechat.retrieval.indexer import Indexer, Settings
     from voicechat.testing import sonar
 
     torch.set_num_threads(1)

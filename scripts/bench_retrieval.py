@@ -98,20 +98,20 @@ class Clustered:
 
 
 def bench_index_type(data: Clustered, kind: str, n_queries: int) -> dict:
-    from voicechat.retrieval import index as store
+    from voicechat.retrieval import faiss_index
 
     began = time.perf_counter()
     sample = None
     if kind == "ivf":
-        size = store.training_size(data.count)
+        size = faiss_index.training_size(data.count)
         sample = data.rows(np.sort(np.random.default_rng(1).choice(data.count, size, replace=False)))
-    index, params = store.new_faiss_index(kind, data.dim, data.count, sample)
+    index, params = faiss_index.new_faiss_index(kind, data.dim, data.count, sample)
     for _, block in data.blocks():
         index.add(block)
     build_s = time.perf_counter() - began
     if kind != "flat":  # the product's tuning: its own perturbed sample, recall target plus margin
         tuning = data.queries(200, seed=11)
-        value, tuned = store.tune(index, kind, tuning, data.exact_top(tuning, 10))
+        value, tuned = faiss_index.tune(index, kind, tuning, data.exact_top(tuning, 10))
         params.update({"search_param": value, "tuned_recall_at_10": round(tuned, 4)})
     queries = data.queries(n_queries, seed=23)
     truth = data.exact_top(queries, 10)
@@ -119,11 +119,11 @@ def bench_index_type(data: Clustered, kind: str, n_queries: int) -> dict:
     times = []
     for i, q in enumerate(queries):
         began = time.perf_counter()
-        _, rows = store.search_index(index, q[None, :], 10)  # as the product searches: one thread
+        _, rows = faiss_index.search_index(index, q[None, :], 10)  # as the product searches: one thread
         times.append(time.perf_counter() - began)
         found[i] = rows[0]
     result = {"type": kind, "params": params, "build_s": round(build_s, 2),
-              "recall_at_10": round(store.recall_at_k(found, truth), 4), **percentiles(times),
+              "recall_at_10": round(faiss_index.recall_at_k(found, truth), 4), **percentiles(times),
               "peak_rss_mib": round(peak_rss_mib())}
     del index
     return result
@@ -132,7 +132,7 @@ def bench_index_type(data: Clustered, kind: str, n_queries: int) -> dict:
 def bench_search(args: argparse.Namespace) -> dict:
     import faiss
 
-    from voicechat.retrieval.index import choose_index_type
+    from voicechat.retrieval.faiss_index import choose_index_type
 
     faiss.omp_set_num_threads(args.threads)
     results = []
@@ -180,8 +180,10 @@ def bench_speech(args: argparse.Namespace) -> dict:
     from voicechat.config import ModelSpec, RetrievalConfig
     from voicechat.retrieval.chunking import Chunk, Passage
     from voicechat.retrieval.encoders import SonarSpeechEncoder
-    from voicechat.retrieval.index import STORE, KnowledgeIndex, Store, export
+    from voicechat.retrieval.index import KnowledgeIndex
+    from voicechat.retrieval.indexer import export
     from voicechat.retrieval.retriever import Retriever
+    from voicechat.retrieval.store import STORE, Store
     from voicechat.testing.sonar import write_speech_encoder
 
     torch.set_num_threads(args.threads)

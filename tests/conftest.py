@@ -1,11 +1,21 @@
-"""Shared fixtures. Area-specific fixtures live in tests/support/ modules and are imported by the
-tests that need them."""
+"""Shared fixtures. Area-specific fixtures live in tests/support/ modules, registered here once:
+a session-scoped fixture (a tiny model) is then built once per test session, where a module that
+imported it would get a copy of its own. Test modules import only plain helpers from them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = [
+    "tests.support.decoder",
+    "tests.support.lm",
+    "tests.support.pulse",
+    "tests.support.retrieval",
+    "tests.support.speech_tokenizer",
+    "tests.support.tiny_models",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
 from voicechat.audio.files import check_output, read_audio, read_speech, write_wav
 from voicechat.cli import main
 from voicechat.errors import AudioError
@@ -21,7 +20,7 @@ def _tone(path: Path, seconds: float = 1.0) -> Path:
 
 
 @pytest.mark.slow
-def test_spoken_question_prints_the_reply_and_writes_its_audio(tmp_path: Path, tiny_models_dir: Path,  # noqa: F811
+def test_spoken_question_prints_the_reply_and_writes_its_audio(tmp_path: Path, tiny_models_dir: Path,
                                                                 capsys) -> None:
     question, reply = _tone(tmp_path / "question.wav"), tmp_path / "reply.wav"
     code = main(["--config", str(tiny_models_dir / "config.yaml"), "--rag", "off", "ask", str(question),

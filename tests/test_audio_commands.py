@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from tests.support.pulse import pulse  # noqa: F401
 from tests.support.speech import RATE, question, scene
 from voicechat.audio.files import read_audio, write_wav
 from voicechat.cli import main

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.signal import correlate
 
-from tests.support.pulse import SPEAKER_RATE, pulse  # noqa: F401
+from tests.support.pulse import SPEAKER_RATE
 from tests.support.speech import RATE, question
 from voicechat.audio.capture import Capture
 from voicechat.audio.events import DeviceFailed, Interrupted, SpeechStarted, UtteranceEnded

@@ -10,7 +10,6 @@ import pytest
 import soundfile
 
 from voicechat.cli import main
-from tests.support.decoder import tiny_decoder_folder  # noqa: F401  (fixture)
 
 
 @pytest.fixture()

@@ -16,7 +16,6 @@ from voicechat.glm.decoder.config import load_decoder_config
 from voicechat.glm.decoder.flow import MaskedDiffWithXvec
 from voicechat.glm.decoder.hift import HiFTGenerator
 from voicechat.testing.decoder import config_text
-from tests.support.decoder import tiny_decoder, tiny_decoder_folder  # noqa: F401  (fixtures)
 
 PUBLISHED_FLOW_PARAMETERS = 111_166_208
 PUBLISHED_HIFT_PARAMETERS = 20_460_591

@@ -24,7 +24,6 @@ from voicechat.config import DecoderConfig
 from voicechat.errors import ConfigError
 from voicechat.glm.decoder import SpeechDecoder
 from voicechat.glm.decoder.session import VOCODER_CONTEXT
-from tests.support.decoder import tiny_decoder, tiny_decoder_folder  # noqa: F401  (fixtures)
 
 TOKENS = [int(t) for t in np.random.default_rng(0).integers(0, 16384, 400)]
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.assemble import load_components
 from voicechat.config import Config
 from voicechat.engine import CollectingSpeaker, Components, Engine, EngineConfig, Settings, TurnInput
@@ -39,7 +38,7 @@ SAMPLES_PER_TOKEN = 1764  # 22050 Hz / 12.5 tokens per second
 
 
 @pytest.fixture(scope="module")
-def config(tiny_config: Config) -> Config:  # noqa: F811
+def config(tiny_config: Config) -> Config:
     return dataclasses.replace(tiny_config, retrieval=dataclasses.replace(tiny_config.retrieval, rag="off"))
 
 
@@ -208,7 +207,7 @@ def test_failing_language_model_is_reported_and_the_next_turn_works(config: Conf
 
 
 @pytest.fixture(scope="module")
-def rag_config(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:  # noqa: F811
+def rag_config(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
     from voicechat.cli import main
 
     folder = tmp_path_factory.mktemp("rag")

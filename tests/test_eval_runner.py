@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
 from voicechat.cli import main
 from voicechat.errors import VoicechatError
 from voicechat.evaluation.runner import RESULTS, ResultsFile, parse_modes
@@ -50,7 +49,7 @@ def test_results_file_drops_a_line_cut_short_by_an_interruption(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_hotpotqa_modes_side_by_side_then_rerun_skips_finished_questions(
-        tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
+        tmp_path: Path, tiny_models_dir: Path) -> None:
     speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
     out = tmp_path / "run"
     config = str(tiny_models_dir / "config.yaml")
@@ -87,7 +86,7 @@ def test_hotpotqa_modes_side_by_side_then_rerun_skips_finished_questions(
 
 @pytest.mark.slow
 def test_interrupted_run_removes_its_temporary_indexes_and_a_rerun_finishes_it(
-        tmp_path: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        tmp_path: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
     from voicechat.evaluation import runner
@@ -120,7 +119,7 @@ def test_interrupted_run_removes_its_temporary_indexes_and_a_rerun_finishes_it(
 
 
 @pytest.mark.slow
-def test_global_scope_searches_every_question_passages_in_one_and_two_rounds(tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
+def test_global_scope_searches_every_question_passages_in_one_and_two_rounds(tmp_path: Path, tiny_models_dir: Path) -> None:
     speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
     out = tmp_path / "run"
     assert main(["--config", str(tiny_models_dir / "config.yaml"), "eval", "hotpotqa", str(DATA / "hotpot_small.json"),
@@ -132,7 +131,7 @@ def test_global_scope_searches_every_question_passages_in_one_and_two_rounds(tmp
 
 
 @pytest.mark.slow
-def test_rgb_with_synthetic_speech_is_marked_synthetic(tmp_path: Path, tiny_models_dir: Path) -> None:  # noqa: F811
+def test_rgb_with_synthetic_speech_is_marked_synthetic(tmp_path: Path, tiny_models_dir: Path) -> None:
     from tests.support.speech import espeak_available
 
     if not espeak_available():
@@ -188,7 +187,7 @@ def _own_folder(tmp_path: Path, models_dir: Path) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_own_folder_questions_are_searched_in_that_folders_updated_index(
-        tmp_path: Path, tiny_models_dir: Path, capsys) -> None:  # noqa: F811
+        tmp_path: Path, tiny_models_dir: Path, capsys) -> None:
     config, questions = _own_folder(tmp_path, tiny_models_dir)
     out = tmp_path / "run"
     args = ["--config", str(config), "eval", "folder", str(questions), "--modes", "e2e,asr,text", "--top-k", "2",
@@ -221,7 +220,7 @@ def test_own_folder_questions_are_searched_in_that_folders_updated_index(
 
 @pytest.mark.slow
 def test_own_folder_errors_are_one_line_before_any_model_runs(
-        tmp_path: Path, tiny_models_dir: Path, capsys) -> None:  # noqa: F811
+        tmp_path: Path, tiny_models_dir: Path, capsys) -> None:
     config, _ = _own_folder(tmp_path, tiny_models_dir)
     base = ["--config", str(config), "eval", "folder"]
     no_text = tmp_path / "no_text.jsonl"

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.support.lm import tiny_lm  # noqa: F401  (fixture)
 from voicechat.errors import ModelError
 from voicechat.glm.lm.checkpoint import iter_checkpoint, load_glm, read_chatglm_config
 

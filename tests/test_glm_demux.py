@@ -9,7 +9,6 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.lm import tiny_lm  # noqa: F401  (fixture)
 from voicechat.errors import BackendError
 from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText, demux
 from voicechat.glm.text_tokenizer import GlmTextTokenizer

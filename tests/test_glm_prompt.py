@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.lm import tiny_lm  # noqa: F401  (fixture)
 from voicechat.config import GenerationConfig
 from voicechat.errors import BackendError, ConfigError
 from voicechat.glm.prompt import (

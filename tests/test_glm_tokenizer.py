@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.lm import tiny_lm  # noqa: F401  (fixture)
 from voicechat.errors import ModelError
 from voicechat.glm.text_tokenizer import GlmTextTokenizer, StreamingDetokenizer
 

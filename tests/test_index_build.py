@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.retrieval import knowledge, sonar_dir, text_encoder, text_spec  # noqa: F401
 from voicechat.config import ChunkingConfig, RetrievalConfig
 from voicechat.errors import KnowledgeIndexError
-from voicechat.retrieval import index as index_module
+from voicechat.retrieval import faiss_index
+from voicechat.retrieval import indexer as indexer_module
 from voicechat.retrieval.encoders import encoder_identity
-from voicechat.retrieval.index import Indexer, KnowledgeIndex, Settings
+from voicechat.retrieval.index import KnowledgeIndex
+from voicechat.retrieval.indexer import Indexer, Settings
 from voicechat.retrieval.retriever import Retriever
 
 LANGS = ("eng_Latn", "zho_Hans")
@@ -195,7 +196,7 @@ def test_interrupted_run_leaves_a_usable_index_and_a_rerun_continues(knowledge, 
         (knowledge / f"new-{name}.txt").write_text(f"Document {name} is new. It has two sentences.\n")
     path = knowledge / "solar-system.txt"
     path.write_text("The Sun is a star.\n")
-    monkeypatch.setattr(index_module, "GROUP_CHUNKS", 1)
+    monkeypatch.setattr(indexer_module, "GROUP_CHUNKS", 1)
     interrupted, _, _ = make_indexer(knowledge, text_encoder, text_spec)
     interrupted._load_encoder = lambda: InterruptingEncoder(text_encoder)
     with pytest.raises(KeyboardInterrupt):
@@ -224,7 +225,7 @@ def test_export_interrupted_after_store_commit_is_finished_without_the_encoder(k
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(index_module, "export", crash)
+    monkeypatch.setattr(indexer_module, "export", crash)
     with pytest.raises(KeyboardInterrupt):
         make_indexer(knowledge, text_encoder, text_spec)[0].update()
     monkeypatch.undo()
@@ -280,7 +281,7 @@ def test_bad_files_are_skipped_with_one_reason_each(tmp_path, text_encoder, text
     (folder / "sub" / "loop").symlink_to(folder)
     skipped: dict[str, str] = {}
 
-    class Reporter(index_module.SilentReporter):
+    class Reporter(indexer_module.SilentReporter):
         def skipped(self, path, reason):
             skipped[path] = reason
 
@@ -305,19 +306,19 @@ def test_forced_approximate_index_types_are_tuned_to_the_recall_target(tmp_path)
     vectors = centres[rng.integers(0, 50, 5000)] + 0.3 * rng.standard_normal((5000, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for kind in ("ivf", "hnsw"):
-        index, params = index_module.build_faiss(vectors, kind)
+        index, params = faiss_index.build_faiss(vectors, kind)
         assert params["type"] == kind and params["tuned_recall_at_10"] >= 0.95
-        queries = index_module.tuning_queries(vectors, seed=7)
-        truth = index_module.exact_search(vectors, queries, 10)
+        queries = faiss_index.tuning_queries(vectors, seed=7)
+        truth = faiss_index.exact_search(vectors, queries, 10)
         _, rows = index.search(queries, 10)
-        assert index_module.recall_at_k(rows, truth) >= 0.95
-    assert index_module.choose_index_type(10_000) == "flat"
-    assert index_module.choose_index_type(2_000_000) == "ivf"
+        assert faiss_index.recall_at_k(rows, truth) >= 0.95
+    assert faiss_index.choose_index_type(10_000) == "flat"
+    assert faiss_index.choose_index_type(2_000_000) == "ivf"
 
 
 @pytest.mark.slow
 def test_index_type_override_is_kept_until_changed_back(knowledge, text_encoder, text_spec, monkeypatch):
-    monkeypatch.setattr(index_module, "FLAT_MAX_CHUNKS", 10)
+    monkeypatch.setattr(faiss_index, "FLAT_MAX_CHUNKS", 10)
     rng = np.random.default_rng(0)
     for i in range(12):  # enough chunks (> 1000) to train an IVF index
         words = " ".join(f"term{j}" for j in rng.integers(0, 5000, 12))

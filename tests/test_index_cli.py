@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.retrieval import knowledge, sonar_dir  # noqa: F401
 from voicechat.audio.files import write_wav
 from voicechat.cli import main
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, sonar_dir: Path, knowledge: Path) -> Path:  # noqa: F811
+def config_file(tmp_path: Path, sonar_dir: Path, knowledge: Path) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "models": {"sonar_text": {"source": str(sonar_dir / "text_encoder" / "card.yaml"), "device": "cpu"},
@@ -33,7 +32,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_index_then_update_then_stats(capsys, config_file, knowledge):  # noqa: F811
+def test_index_then_update_then_stats(capsys, config_file, knowledge):
     code, out, err = run(capsys, "--config", str(config_file), "index", str(knowledge))
     assert code == 0, err
     assert "8 added" in out and "flat index" in out
@@ -49,7 +48,7 @@ def test_index_then_update_then_stats(capsys, config_file, knowledge):  # noqa: 
     assert json.loads(out)["chunks"] > 0
 
 
-def test_search_text_prints_the_matching_chunk_first(capsys, config_file, knowledge):  # noqa: F811
+def test_search_text_prints_the_matching_chunk_first(capsys, config_file, knowledge):
     run(capsys, "--config", str(config_file), "index")
     question = ("Jupiter is the largest planet. Its diameter is about eleven times that of Earth, and its "
                 "Great Red Spot is a storm larger than Earth that has been observed for more than 350 years.")
@@ -86,7 +85,7 @@ def test_bad_command_lines_give_one_line_errors(capsys, config_file, argv, messa
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_path, sonar_dir, knowledge,  # noqa: F811
+def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_path, sonar_dir, knowledge,
                                                                   monkeypatch):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "sonar").symlink_to(sonar_dir)
@@ -100,9 +99,9 @@ def test_card_paths_in_the_config_are_relative_to_the_config_file(capsys, tmp_pa
     assert (tmp_path / "models" / "index" / "manifest.json").is_file()
 
 
-def test_ctrl_c_while_indexing_prints_one_line_and_tells_how_to_continue(capsys, config_file, knowledge,  # noqa: F811
+def test_ctrl_c_while_indexing_prints_one_line_and_tells_how_to_continue(capsys, config_file, knowledge,
                                                                         monkeypatch):
-    from voicechat.retrieval import index as index_module
+    from voicechat.retrieval import indexer as indexer_module
     from voicechat.retrieval.encoders import SonarTextEncoder
 
     real_embed = SonarTextEncoder.embed
@@ -118,7 +117,7 @@ def test_ctrl_c_while_indexing_prints_one_line_and_tells_how_to_continue(capsys,
     def voicechat_lines(err: str) -> list[str]:
         return [line for line in err.splitlines() if line.startswith("voicechat:")]
 
-    monkeypatch.setattr(index_module, "GROUP_CHUNKS", 1)  # one file per group
+    monkeypatch.setattr(indexer_module, "GROUP_CHUNKS", 1)  # one file per group
     monkeypatch.setattr(SonarTextEncoder, "embed", ctrl_c_at_the_second_file)
     code, _, err = run(capsys, "--config", str(config_file), "index", str(knowledge))
     assert code == 130

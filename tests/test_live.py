@@ -9,7 +9,6 @@ from pathlib import Path
 
 import soundfile
 
-from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.config import Config
 from voicechat.events import Event, Notice, StageFailed, StateChanged, TurnFinished
 from voicechat.live import LiveConversation
@@ -28,7 +27,7 @@ def text_only(config: Config, sessions: Path) -> Config:
                                sessions=dataclasses.replace(config.sessions, dir=str(sessions)))
 
 
-def test_each_turn_is_on_disk_as_soon_as_it_ends(tiny_config: Config, tmp_path: Path) -> None:  # noqa: F811
+def test_each_turn_is_on_disk_as_soon_as_it_ends(tiny_config: Config, tmp_path: Path) -> None:
     events: queue.Queue = queue.Queue()
     live = LiveConversation(text_only(tiny_config, tmp_path / "sessions"), use_audio=False)
     live.start(events.put)
@@ -56,7 +55,7 @@ def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> None:
     assert read_turns(path) == [{"turn": 1}]
 
 
-def test_loading_failure_is_reported_not_raised(tiny_config: Config, tmp_path: Path) -> None:  # noqa: F811
+def test_loading_failure_is_reported_not_raised(tiny_config: Config, tmp_path: Path) -> None:
     broken = dataclasses.replace(tiny_config, models=dataclasses.replace(
         tiny_config.models, decoder=dataclasses.replace(tiny_config.models.decoder, source=str(tmp_path / "nope"))))
     events: queue.Queue = queue.Queue()

@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
-from tests.support.lm import tiny_lm  # noqa: F401  (fixture)
 from voicechat.errors import BackendError
 from voicechat.glm.lm import SamplingParams
 from voicechat.glm.lm.glm_server import GlmServerBackend
@@ -31,12 +30,12 @@ FAST = HttpSettings(connect_timeout_s=2, read_timeout_s=5, retries=2, retry_dela
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_lm: Path) -> GlmTextTokenizer:  # noqa: F811
+def tokenizer(tiny_lm: Path) -> GlmTextTokenizer:
     return GlmTextTokenizer.from_pretrained(tiny_lm)
 
 
 @pytest.fixture(scope="module")
-def local(tiny_lm: Path) -> LocalBackend:  # noqa: F811
+def local(tiny_lm: Path) -> LocalBackend:
     return LocalBackend.from_pretrained(tiny_lm, device="cpu", dtype="float32")
 
 
@@ -208,7 +207,7 @@ def test_server_reports_a_failed_generation_with_the_protocol_error_line(tokeniz
 
 
 @pytest.mark.slow
-def test_voicechat_serve_command_serves_the_tiny_model(tiny_lm: Path, tokenizer: GlmTextTokenizer,  # noqa: F811
+def test_voicechat_serve_command_serves_the_tiny_model(tiny_lm: Path, tokenizer: GlmTextTokenizer,
                                                        local: LocalBackend, prompt: list[int], tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"offline: true\nmodels:\n  lm:\n    source: {tiny_lm}\n    device: cpu\n    dtype: float32\n")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.retrieval import knowledge, sonar_dir, whisper_dir  # noqa: F401
 from voicechat.config import ModelSpec, load_config
 from voicechat.errors import ModelError
 from voicechat.retrieval.asr import WhisperTranscriber

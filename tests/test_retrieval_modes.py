@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.retrieval import (  # noqa: F401
-    REPO, knowledge, sonar_dir, speech_encoder, speech_spec, text_encoder, text_spec)
+from tests.support.retrieval import REPO
 from voicechat.config import ModelSpec, RetrievalConfig
 from voicechat.errors import AudioError, ModelError
-from voicechat.retrieval.encoders import (
-    SonarSpeechEncoder, SonarTextEncoder, encoder_identity, sonar_model_status, speech_segments)
-from voicechat.retrieval.index import Indexer, KnowledgeIndex, Settings
 from voicechat.glm.prompt import needs_fallback
+from voicechat.retrieval.encoders import SonarSpeechEncoder, SonarTextEncoder, encoder_identity, speech_segments
+from voicechat.retrieval.index import KnowledgeIndex
+from voicechat.retrieval.indexer import Indexer, Settings
 from voicechat.retrieval.retriever import Retriever, merge_hits
+from voicechat.sonar_cards import sonar_model_status
 
 LANGS = ("eng_Latn", "zho_Hans")
 
@@ -164,9 +164,9 @@ def test_card_files_report_local_and_unknown_names_report_missing(text_spec, spe
 
 def test_offline_missing_published_model_fails_fast_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRSEQ2_CACHE_DIR", str(tmp_path / "empty-cache"))
-    from voicechat.retrieval import encoders
+    from voicechat import sonar_cards
 
-    monkeypatch.setattr(encoders, "fairseq2_cache_dir", lambda: tmp_path / "empty-cache")
+    monkeypatch.setattr(sonar_cards, "fairseq2_cache_dir", lambda: tmp_path / "empty-cache")
     began = time.perf_counter()
     with pytest.raises(ModelError, match="not in the fairseq2 cache and offline mode is on"):
         SonarSpeechEncoder.load(ModelSpec("sonar_speech_encoder_eng", device="cpu"), offline=True)
@@ -196,7 +196,8 @@ def test_test_cards_load_by_name_from_the_user_asset_folder(sonar_dir):
     """The generated cards are real fairseq2 cards: found by name like the published ones."""
     code = ("import torch; torch.set_num_threads(1)\n"
             "from voicechat.config import ModelSpec\n"
-            "from voicechat.retrieval.encoders import SonarTextEncoder, sonar_model_status\n"
+            "from voicechat.retrieval.encoders import SonarTextEncoder\n"
+            "from voicechat.sonar_cards import sonar_model_status\n"
             "e = SonarTextEncoder.load(ModelSpec('voicechat_test_sonar_text_encoder', device='cpu'), offline=True)\n"
             "print(e.embed(['A sentence.'], 'eng_Latn').shape, sonar_model_status('voicechat_test_sonar_text_encoder')[0])\n")
     env = {**os.environ, "FAIRSEQ2_USER_ASSET_DIR": str(sonar_dir / "text_encoder")}

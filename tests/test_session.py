@@ -11,7 +11,6 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
-from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.assemble import add_retrieval_modes, load_components
 from voicechat.audio.events import Interrupted, SpeechStarted, UtteranceDiscarded, UtteranceEnded
 from voicechat.config import Config

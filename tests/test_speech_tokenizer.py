@@ -11,15 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.speech_tokenizer import (  # noqa: F401 (fixtures)
-    KEYS,
-    RATE,
-    agreement,
-    parity_dir,
-    speech_like,
-    tiny_tokenizer,
-    tiny_tokenizer_dir,
-)
+from tests.support.speech_tokenizer import KEYS, RATE, agreement, speech_like
 from voicechat.audio.files import read_audio, write_wav
 from voicechat.audio.resample import StreamResampler, to_model_input
 from voicechat.errors import AudioError, ModelError

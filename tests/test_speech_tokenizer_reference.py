@@ -14,13 +14,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from tests.support.speech_tokenizer import (  # noqa: F401 (fixtures)
-    RATE,
-    parity_dir,
-    speech_like,
-    tiny_tokenizer,
-    tiny_tokenizer_dir,
-)
+from tests.support.speech_tokenizer import RATE, speech_like
 from voicechat.audio.files import read_audio
 from voicechat.glm.speech_tokenizer import SpeechTokenizer
 from voicechat.testing.speech_tokenizer import FULL_CONFIG, TINY_CHANGES, write_checkpoint

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.speech_tokenizer import RATE, speech_like, tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401
+from tests.support.speech_tokenizer import RATE, speech_like
 from voicechat.audio.files import read_audio, write_wav
 from voicechat.cli import COMMANDS, main
 

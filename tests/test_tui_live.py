@@ -11,9 +11,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from tests.support.pulse import pulse  # noqa: F401 (fixture)
 from tests.support.speech import speak
-from tests.support.tiny_models import tiny_config, tiny_models_dir  # noqa: F401 (fixtures)
 from voicechat.assemble import load_components
 from voicechat.config import Config
 from voicechat.engine import TurnInput
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def config(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:  # noqa: F811
+def config(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
     """The tiny models with an index of knowledge/ on disk, and retrieval off at the start."""
     from voicechat.cli import main
 
@@ -77,7 +75,7 @@ async def test_switching_to_an_unloaded_mode_loads_it_and_the_status_shows_only_
         await pilot.press("q")
 
 
-async def test_push_to_talk_with_nothing_said_returns_to_listening(config: Config, pulse) -> None:  # noqa: F811
+async def test_push_to_talk_with_nothing_said_returns_to_listening(config: Config, pulse) -> None:
     live = LiveConversation(config, save=False, use_audio=True)
     app = VoicechatApp(config, live)
     async with app.run_test(size=(140, 40)) as pilot:

@@ -19,7 +19,6 @@ import yaml
 
 from tests.support.pulse import MIC_RATE, PulseServer, start_private_server
 from tests.support.speech import espeak_available, speak
-from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
 from voicechat.cli import main
 from voicechat.sessions import read_turns
 
@@ -57,7 +56,7 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Iterator[Terminal]:  # noqa: F811
+def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
     if shutil.which("tmux") is None or not espeak_available():
         pytest.skip("tmux and espeak-ng are needed")
     config = yaml.safe_load((tiny_models_dir / "config.yaml").read_text())

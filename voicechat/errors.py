@@ -20,6 +20,11 @@ class AudioError(VoicechatError):
 class KnowledgeIndexError(VoicechatError):
     """The knowledge index is missing, stale or corrupt."""
 
+    @classmethod
+    def corrupt(cls, path: object, reason: object) -> "KnowledgeIndexError":
+        return cls(f"{path}: the knowledge index is corrupt ({reason}); "
+                   "rebuild it with `voicechat index DIR --rebuild`")
+
 
 class BackendError(VoicechatError):
     """A language-model backend failed (server gone, stream cut, bad response)."""

@@ -11,6 +11,7 @@ from typing import Literal
 
 from voicechat.config import Config, ModelSpec
 from voicechat.errors import ModelError
+from voicechat.sonar_cards import download_sonar_model, sonar_model_status
 
 Kind = Literal["local", "hub", "fairseq2"]
 State = Literal["local", "cached", "missing"]
@@ -81,8 +82,6 @@ def model_status(role: str, spec: ModelSpec, config: Config) -> ModelStatus:
     if kind == "hub":
         path = _hub_snapshot(spec, hub_files(role, config), config.models.cache_dir, local_only=True)
         return ModelStatus(role, spec, kind, "cached" if path else "missing", path, _size(path) if path else None)
-    from voicechat.retrieval.encoders import sonar_model_status
-
     state, path = sonar_model_status(spec.source)
     return ModelStatus(role, spec, kind, state, path, _size(path) if path else None)
 
@@ -138,8 +137,6 @@ def pull(config: Config, roles: list[str]) -> dict[str, Path]:
         if kind == "hub":
             paths[role] = _download(role, spec, config)
         elif kind == "fairseq2":
-            from voicechat.retrieval.encoders import download_sonar_model
-
             paths[role] = download_sonar_model(spec.source)
         else:
             paths[role] = resolve_model(role, config)

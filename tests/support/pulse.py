@@ -3,7 +3,7 @@ XDG_RUNTIME_DIR, with two null sinks (``vc_speaker``, the default output, and ``
 virtual microphone ``vc_mic_in`` (a remap of ``vc_mic``'s monitor, the default input). PortAudio
 reaches it through ALSA's pulse plugin.
 
-Use in a test module: ``from tests.support.pulse import pulse  # noqa: F401`` (a fixture).
+The ``pulse`` fixture (registered in tests/conftest.py) gives a test module such a server.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ def update_folder_index(scopes, knowledge: Path, index_dir: Path, questions: lis
     """Brings the folder's index up to date, as `voicechat index` does, and checks that every
     source a question names is in it."""
     from voicechat.commands.index import ProgressReporter, summary
-    from voicechat.retrieval.index import read_manifest
+    from voicechat.retrieval.manifest import read_manifest
 
     with ProgressReporter() as reporter:
         report = scopes.update(knowledge, index_dir, reporter)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, config: Any) -> int:
 def build(config: Any, knowledge, index_dir, rebuild: bool, index_type: str, reporter=None):
     from voicechat.retrieval import sonar_spec
     from voicechat.retrieval.encoders import SonarTextEncoder, encoder_identity
-    from voicechat.retrieval.index import Indexer, Settings
+    from voicechat.retrieval.indexer import Indexer, Settings
 
     spec = sonar_spec(config.models.sonar_text, config.resolve_path)
     settings = Settings(encoder_identity(spec), config.retrieval.languages, config.retrieval.chunking)

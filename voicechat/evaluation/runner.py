@@ -137,14 +137,14 @@ class Scopes:
     def settings(self):
         from voicechat.retrieval import sonar_spec
         from voicechat.retrieval.encoders import encoder_identity
-        from voicechat.retrieval.index import Settings
+        from voicechat.retrieval.indexer import Settings
 
         spec = sonar_spec(self.config.models.sonar_text, self.config.resolve_path)
         return Settings(encoder_identity(spec), self.retrieval.languages, self.retrieval.chunking)
 
     def update(self, knowledge: Path, index_dir: Path, reporter=None):
         """Builds or updates the index of a folder with the loaded text encoder."""
-        from voicechat.retrieval.index import Indexer
+        from voicechat.retrieval.indexer import Indexer
 
         return Indexer(knowledge, index_dir, self.settings(), lambda: self.text_encoder, reporter,
                        self.retrieval.index_type).update()

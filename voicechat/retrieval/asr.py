@@ -14,6 +14,7 @@ import numpy as np
 from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import ModelSpec
 from voicechat.errors import ModelError
+from voicechat.models import resolve_model
 
 WINDOW_S = 30  # Whisper's input window
 
@@ -30,8 +31,6 @@ SONAR_LANGUAGES = {
 
 
 def resolve_asr_model(config: Any) -> Path:
-    from voicechat.models import resolve_model
-
     return resolve_model("asr", config)
 
 

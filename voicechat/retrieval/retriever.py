@@ -24,7 +24,8 @@ from voicechat.errors import AudioError, ModelError
 from voicechat.events import Source
 from voicechat.retrieval.chunking import detect_language
 from voicechat.retrieval.encoders import SpeechEncoder, TextEncoder
-from voicechat.retrieval.index import ChunkRecord, KnowledgeIndex
+from voicechat.retrieval.index import KnowledgeIndex
+from voicechat.retrieval.store import ChunkRecord
 
 Mode = Literal["e2e", "asr", "text"]
 CANDIDATES_PER_HIT = 4  # chunks fetched per requested passage, before merging by passage
