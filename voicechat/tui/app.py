@@ -15,6 +15,7 @@ from textual.widgets import Footer, Input, Label
 
 from voicechat.config import Config
 from voicechat.events import (
+    AudioWarnings,
     DeviceChoice,
     Event,
     LoadProgress,
@@ -165,6 +166,9 @@ class VoicechatApp(App[None]):
     def show_StageFailed(self, event: StageFailed) -> None:
         self.conversation.add_notice(f"{event.stage} failed: {event.message}", error=True)
         self.status.set(state="error", detail=event.message)
+
+    def show_AudioWarnings(self, event: AudioWarnings) -> None:
+        self.status.set(audio_warnings=event.count)
 
     def show_TurnFinished(self, event: TurnFinished) -> None:
         if self.reply is not None:

@@ -27,6 +27,7 @@ class Status:
     voice: str = "default"
     backend: str = "local"
     detail: str = ""
+    audio_warnings: int = 0
 
 
 class StatusBar(Static):
@@ -47,6 +48,8 @@ class StatusBar(Static):
         line.append(f" {s.state.upper():<9}", style=STATE_STYLES.get(s.state, ""))
         line.append(f" mic {meter:<10} ", style="green")
         line.append(f" rag:{s.rag}  two-round:{s.two_round}  voice:{s.voice}  backend:{s.backend}")
+        if s.audio_warnings:
+            line.append(f"  audio warnings: {s.audio_warnings}", style="yellow")
         if s.detail:
             line.append(f"  {s.detail}", style="dim")
         return line
