@@ -23,7 +23,7 @@ from voicechat.config import Config
 from voicechat.engine import CollectingSpeaker, Components, Engine, Settings, TurnInput, TurnResult
 from voicechat.errors import AudioError, VoicechatError
 from voicechat.events import DeviceChoice, Event, MicLevel, StageFailed, StateChanged
-from voicechat.sessions import SessionLog, TurnRecord, default_sessions_dir
+from voicechat.sessions import SessionLog, TurnRecord, open_session_log
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ WAIT_FOR_PLAYBACK_S = 600.0
 
 class LiveConversation:
     def __init__(self, config: Config, save: bool = True,
-                 load: Callable[..., Components] | None = None, use_audio: bool = True) -> None:
+                 load: Callable[..., Components] | None = None, use_audio: bool = True,
+                 session_log: SessionLog | None = None) -> None:
         self.config = config
         self.save = save and config.sessions.save
         self.load = load
@@ -43,7 +44,7 @@ class LiveConversation:
         self.engine: Engine | None = None
         self.listener = None
         self.player = None
-        self.log: SessionLog | None = None
+        self.log: SessionLog | None = session_log  # else opened once the models are loaded
         self.questions: queue.Queue[TurnInput | None] = queue.Queue()
         self.busy = threading.Event()
         self.muted = False
@@ -178,11 +179,10 @@ class LiveConversation:
             self.emit(StageFailed(stage="microphone", message=f"{error}; type your questions instead"))
 
     def _open_session_log(self) -> None:
-        if not self.save:
+        if not self.save or self.log is not None:
             return
-        root = self.config.resolve_path(self.config.sessions.dir) if self.config.sessions.dir else default_sessions_dir()
         try:
-            self.log = SessionLog(root)
+            self.log = open_session_log(self.config)
         except VoicechatError as error:
             self.emit(StageFailed(stage="session log", message=str(error)))
 
