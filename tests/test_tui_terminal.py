@@ -35,12 +35,18 @@ def pulse() -> Iterator[PulseServer]:
 
 
 class Terminal:
+    """A tmux session on a tmux server of its own: a server started earlier, by another test run,
+    would give the app that run's environment (its sound server, its PYTHONPATH)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 
+    def tmux(self, *args: str, check: bool = False) -> str:
+        return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, check=check,
+                              timeout=30).stdout
+
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True,
-                              text=True, timeout=10).stdout
+        return self.tmux("capture-pane", "-p", "-t", self.name)
 
     def wait_until(self, condition: Callable[[str], bool], timeout: float, what: str) -> str:
         """Polls the screen: a terminal offers no event to wait on."""
@@ -53,7 +59,7 @@ class Terminal:
         pytest.fail(f"timed out waiting for {what}; the screen was:\n{self.screen()}")
 
     def press(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True, timeout=10)
+        self.tmux("send-keys", "-t", self.name, *keys, check=True)
 
 
 @pytest.fixture
@@ -68,10 +74,11 @@ def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Itera
     name = f"voicechat-test-{os.getpid()}"
     env = {**pulse.env, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"}
     command = f"{sys.executable} -m voicechat --config {tmp_path / 'config.yaml'}; sleep 30"
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "45", command],
+    subprocess.run(["tmux", "-L", name, "new-session", "-d", "-s", name, "-x", "160", "-y", "45", command],
                    env=env, check=True, timeout=30)
-    yield Terminal(name)
-    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
+    terminal = Terminal(name)
+    yield terminal
+    terminal.tmux("kill-server")
 
 
 def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: Terminal, tmp_path: Path) -> None:
