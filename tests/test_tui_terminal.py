@@ -1,11 +1,13 @@
 """`voicechat` in a real terminal (tmux) with a virtual microphone: a spoken question becomes a
-completed turn on screen, with its sources and timings."""
+completed turn on screen, with its sources and timings, and nothing but the app draws on the screen
+(a speaker underrun makes alsa-lib write to stderr: it goes to the session's log instead)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +27,9 @@ from voicechat.sessions import read_turns
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.audio]
+
+# What C libraries and Python write to stderr, should it reach the screen
+FOREIGN = re.compile(r"ALSA lib|underrun occurred|Traceback \(most recent call last\)")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,11 @@ class Terminal:
                               timeout=30).stdout
 
     def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", self.name)
+        """The screen now; fails the test if anything but the app drew on it."""
+        screen = self.tmux("capture-pane", "-p", "-t", self.name)
+        if FOREIGN.search(screen):
+            pytest.fail(f"something other than the app wrote on the screen:\n{screen}")
+        return screen
 
     def wait_until(self, condition: Callable[[str], bool], timeout: float, what: str) -> str:
         """Polls the screen: a terminal offers no event to wait on."""
@@ -60,6 +69,27 @@ class Terminal:
 
     def press(self, *keys: str) -> None:
         self.tmux("send-keys", "-t", self.name, *keys, check=True)
+
+    def suspend_app(self, seconds: float) -> None:
+        """Suspends the app as Ctrl-Z does and resumes it after ``seconds``, as `fg` does: meanwhile
+        the speaker's stream runs dry, and alsa-lib reports the underrun on stderr."""
+        shell = self.tmux("display-message", "-p", "-t", self.name, "#{pane_pid}", check=True).strip()
+        (app,) = subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True, timeout=10).stdout.split()
+        os.kill(int(app), signal.SIGTSTP)  # Textual leaves application mode, then stops the process
+        try:
+            deadline = time.monotonic() + 30
+            while process_state(int(app)) != "T":  # a process offers no event to wait on
+                if time.monotonic() > deadline:
+                    pytest.fail("the app did not stop on SIGTSTP")
+                time.sleep(0.05)
+            time.sleep(seconds)  # the stall itself
+        finally:
+            os.kill(int(app), signal.SIGCONT)
+
+
+def process_state(pid: int) -> str:
+    """R running, S sleeping, T stopped... (the field after the command name in /proc/PID/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.fixture
@@ -83,6 +113,8 @@ def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Itera
 
 def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: Terminal, tmp_path: Path) -> None:
     terminal.wait_until(lambda s: "LISTENING" in s, 180, "the app to load and listen")
+    terminal.suspend_app(1.0)
+    terminal.wait_until(lambda s: re.search(r"audio warnings: [1-9]", s), 60, "the underrun to be counted")
     question = speak("How long should green tea steep?")
     padded = np.concatenate([np.zeros(MIC_RATE // 2, np.float32), question, np.zeros(MIC_RATE * 2, np.float32)])
     pulse.play(padded, MIC_RATE).wait(timeout=60)
@@ -95,5 +127,6 @@ def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: 
     assert turn["question"] is None and turn["user_audio"]  # it was spoken, and the audio kept
     heard, rate = soundfile.read(log.parent / turn["user_audio"])
     assert rate == MIC_RATE and abs(heard.size / rate - question.size / MIC_RATE) < 1.0
+    assert "underrun occurred" in (log.parent / "stderr.log").read_text()
     terminal.press("q")
     terminal.wait_until(lambda s: "LISTENING" not in s, 60, "the app to quit")
