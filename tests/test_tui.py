@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Input
 
 from voicechat.config import Config
 from voicechat.events import (
-    DeviceChoice,
+    AudioWarnings, DeviceChoice,
     AudioChunk, Event, LoadProgress, MicLevel, PromptReady, Retrieved, RoundDiscarded, RoundStarted, SettingsChanged,
     Source, StageFailed, StateChanged, TextDelta, TurnFinished, TurnStarted, TurnTimings,
 )
@@ -210,6 +210,16 @@ async def test_state_level_and_failure_are_shown(control: RecordingControl) -> N
         await emit_all(app, control, [StageFailed(stage="lm", message="server gone")], pilot)
         assert app.query_one(StatusBar).status.state == "listening"  # a failed stage is a notice, not a state
         assert "lm failed: server gone" in [str(n.render()) for n in app.query(".notice")]
+
+
+async def test_audio_warnings_are_counted_in_the_status_bar(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause()
+        assert "audio warnings" not in str(app.query_one(StatusBar).status_text())
+        warning = "ALSA lib pcm.c:8570:(snd_pcm_recover) underrun occurred"
+        await emit_all(app, control, [AudioWarnings(1, warning), AudioWarnings(3, warning)], pilot)
+        assert "audio warnings: 3" in str(app.query_one(StatusBar).status_text())
 
 
 async def test_loading_screen_follows_progress(control: RecordingControl) -> None:

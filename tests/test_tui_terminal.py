@@ -1,11 +1,13 @@
 """`voicechat` in a real terminal (tmux) with a virtual microphone: a spoken question becomes a
-completed turn on screen, with its sources and timings."""
+completed turn on screen, with its sources and timings, and nothing but the app draws on the screen
+(a speaker underrun makes alsa-lib write to stderr: it goes to a log file instead)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +27,9 @@ from voicechat.sessions import read_turns
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.audio]
 
+# What C libraries and Python write to stderr, should it reach the screen
+FOREIGN = re.compile(r"ALSA lib|underrun occurred|Traceback \(most recent call last\)")
+
 
 @pytest.fixture(scope="module")
 def pulse() -> Iterator[PulseServer]:
@@ -34,12 +39,22 @@ def pulse() -> Iterator[PulseServer]:
 
 
 class Terminal:
+    """A tmux session on a tmux server of its own: a server started earlier, by another test run,
+    would give the app that run's environment (its sound server, its PYTHONPATH)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 
+    def tmux(self, *args: str, check: bool = False) -> str:
+        return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, check=check,
+                              timeout=30).stdout
+
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True,
-                              text=True, timeout=10).stdout
+        """The screen now; fails the test if anything but the app drew on it."""
+        screen = self.tmux("capture-pane", "-p", "-t", self.name)
+        if FOREIGN.search(screen):
+            pytest.fail(f"something other than the app wrote on the screen:\n{screen}")
+        return screen
 
     def wait_until(self, condition: Callable[[str], bool], timeout: float, what: str) -> str:
         """Polls the screen: a terminal offers no event to wait on."""
@@ -52,7 +67,28 @@ class Terminal:
         pytest.fail(f"timed out waiting for {what}; the screen was:\n{self.screen()}")
 
     def press(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True, timeout=10)
+        self.tmux("send-keys", "-t", self.name, *keys, check=True)
+
+    def suspend_app(self, seconds: float) -> None:
+        """Suspends the app as Ctrl-Z does and resumes it after ``seconds``, as `fg` does: meanwhile
+        the speaker's stream runs dry, and alsa-lib reports the underrun on stderr."""
+        shell = self.tmux("display-message", "-p", "-t", self.name, "#{pane_pid}", check=True).strip()
+        (app,) = subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True, timeout=10).stdout.split()
+        os.kill(int(app), signal.SIGTSTP)  # Textual leaves application mode, then stops the process
+        try:
+            deadline = time.monotonic() + 30
+            while process_state(int(app)) != "T":  # a process offers no event to wait on
+                if time.monotonic() > deadline:
+                    pytest.fail("the app did not stop on SIGTSTP")
+                time.sleep(0.05)
+            time.sleep(seconds)  # the stall itself
+        finally:
+            os.kill(int(app), signal.SIGCONT)
+
+
+def process_state(pid: int) -> str:
+    """R running, S sleeping, T stopped... (the field after the command name in /proc/PID/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.fixture
@@ -65,16 +101,19 @@ def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Itera
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["--config", str(tmp_path / "config.yaml"), "index", str(REPO / "knowledge")]) == 0
     name = f"voicechat-test-{os.getpid()}"
-    env = {**pulse.env, "PYTHONPATH": str(REPO), "TERM": "xterm-256color"}
+    env = {**pulse.env, "PYTHONPATH": str(REPO), "TERM": "xterm-256color", "XDG_STATE_HOME": str(tmp_path / "state")}
     command = f"{sys.executable} -m voicechat --config {tmp_path / 'config.yaml'}; sleep 30"
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "45", command],
+    subprocess.run(["tmux", "-L", name, "new-session", "-d", "-s", name, "-x", "160", "-y", "45", command],
                    env=env, check=True, timeout=30)
-    yield Terminal(name)
-    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
+    terminal = Terminal(name)
+    yield terminal
+    terminal.tmux("kill-server")
 
 
 def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: Terminal, tmp_path: Path) -> None:
     terminal.wait_until(lambda s: "LISTENING" in s, 180, "the app to load and listen")
+    terminal.suspend_app(1.0)
+    terminal.wait_until(lambda s: re.search(r"audio warnings: [1-9]", s), 60, "the underrun to be counted")
     question = speak("How long should green tea steep?")
     padded = np.concatenate([np.zeros(MIC_RATE // 2, np.float32), question, np.zeros(MIC_RATE * 2, np.float32)])
     pulse.play(padded, MIC_RATE).wait(timeout=60)
@@ -87,5 +126,6 @@ def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: 
     assert turn["question"] is None and turn["user_audio"]  # it was spoken, and the audio kept
     heard, rate = soundfile.read(log.parent / turn["user_audio"])
     assert rate == MIC_RATE and abs(heard.size / rate - question.size / MIC_RATE) < 1.0
+    assert "underrun occurred" in (tmp_path / "state" / "voicechat" / "log" / "chat-stderr.log").read_text()
     terminal.press("q")
     terminal.wait_until(lambda s: "LISTENING" not in s, 60, "the app to quit")

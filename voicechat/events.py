@@ -150,6 +150,14 @@ class StageFailed(Event):
 
 
 @dataclass(frozen=True)
+class AudioWarnings(Event):
+    """Lines that C libraries (alsa-lib, JACK, PortAudio) wrote to stderr, kept in a log file."""
+
+    count: int  # so far in this conversation
+    latest: str
+
+
+@dataclass(frozen=True)
 class TurnTimings:
     """Milliseconds from the end of the user's speech, except the stage durations."""
 

@@ -37,7 +37,7 @@ from voicechat.events import (
     AudioChunk, Event, MicLevel, Notice, SettingsChanged, StageFailed, StateChanged,
 )
 from voicechat.glm.prompt import Conversation
-from voicechat.sessions import SessionLog, TurnRecord, default_sessions_dir
+from voicechat.sessions import SessionLog, TurnRecord, open_session_log
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "loading": frozenset({"listening", "muted", "error"}),
@@ -372,9 +372,7 @@ class ConversationSession:
 
     def _session_log(self) -> SessionLog:
         if self.log is None:
-            sessions = self.config.sessions
-            root = self.config.resolve_path(sessions.dir) if sessions.dir else default_sessions_dir()
-            self.log = SessionLog(root)
+            self.log = open_session_log(self.config)
         return self.log
 
     def _log_turn(self, question: TurnInput, settings: Settings, result: TurnResult) -> None:

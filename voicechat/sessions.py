@@ -11,13 +11,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from voicechat.audio.files import write_wav
 from voicechat.errors import VoicechatError
 from voicechat.events import Source, TurnTimings
+
+if TYPE_CHECKING:
+    from voicechat.config import Config
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ def default_sessions_dir() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("voicechat")) / "sessions"
+
+
+def open_session_log(config: Config) -> SessionLog:
+    """A new session folder under ``sessions.dir`` (default: the user data folder)."""
+    root = config.resolve_path(config.sessions.dir) if config.sessions.dir else default_sessions_dir()
+    return SessionLog(root)
 
 
 class SessionLog:

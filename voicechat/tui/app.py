@@ -16,6 +16,7 @@ from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import Config
 from voicechat.errors import VoicechatError
 from voicechat.events import (
+    AudioWarnings,
     DeviceChoice,
     Event,
     LoadProgress,
@@ -104,6 +105,7 @@ class VoicechatApp(App[None]):
             RoundDiscarded: self.show_discarded_round,
             StageFailed: self.show_failure,
             Notice: self.show_notice,
+            AudioWarnings: self.show_audio_warnings,
             TurnFinished: self.show_finished,
         }
 
@@ -173,6 +175,9 @@ class VoicechatApp(App[None]):
 
     def show_notice(self, event: Notice) -> None:
         self.notify(event.text, severity="error" if event.error else "information")
+
+    def show_audio_warnings(self, event: AudioWarnings) -> None:
+        self.status.set(audio_warnings=event.count)
 
     def show_finished(self, event: TurnFinished) -> None:
         if self.reply is not None:

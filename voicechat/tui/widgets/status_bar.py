@@ -30,6 +30,7 @@ class Status:
     loading: tuple[str, ...] = ()  # retrieval modes being loaded
     muted: bool = False
     detail: str = ""
+    audio_warnings: int = 0
 
 
 class StatusBar(Static):
@@ -55,6 +56,8 @@ class StatusBar(Static):
         line.append(f" rag:{s.rag}  two-round:{s.two_round}  voice:{s.voice}  backend:{s.backend}")
         if s.loading:
             line.append(f"  loading {', '.join(s.loading)}…", style="yellow")
+        if s.audio_warnings:
+            line.append(f"  audio warnings: {s.audio_warnings}", style="yellow")
         if s.detail:
             line.append(f"  {s.detail}", style="dim")
         return line
