@@ -1,0 +1,100 @@
+"""Hostile inputs from the command line: each gives one line on stderr and a non-zero exit (or
+does the right thing), and nothing is written or lost on the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voicechat.cli import main
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its content, to show that nothing was written or lost."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The single line a refused command prints, without its "voicechat: error: " prefix."""
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("voicechat: error: ")
+    return err[len("voicechat: error: "):].rstrip("\n")
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+UNKNOWN_PLACEHOLDER = ("unknown placeholder {answer}; only {question} and {passages} may be used, "
+                       "and a literal brace is written twice ({{ or }})")
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ('generation:\n  rag_template: "Q: {question}\\nC: {passages}\\nA: {answer}"\n',
+     f"generation.rag_template: {UNKNOWN_PLACEHOLDER}"),
+    ('generation:\n  rag_template: "{question} {passages} {"\n',
+     "generation.rag_template: a brace without its pair; placeholders are {question} and {passages}, "
+     "and a literal brace is written twice ({{ or }})"),
+    ('generation:\n  passage_template: "{src}: {text}"\n',
+     "generation.passage_template: unknown placeholder {src} (did you mean 'source'?); only {source} and {text} "
+     "may be used, and a literal brace is written twice ({{ or }})"),
+    ("retrieval:\n  top_k: 3\n  rag: asr\n  top_k: 5\n",
+     "line 4: retrieval.top_k: duplicate key (first on line 2); give each key once"),
+    ("audio:\n  vad:\n    preset: relaxed\naudio:\n  barge_in: true\n",
+     "line 4: audio: duplicate key (first on line 1); give each key once"),
+    ("voices:\n  x:\n    description: a\n    generation: {temperature: 0.1, temperature: 0.3}\n",
+     "line 4: voices.x.generation.temperature: duplicate key (first on line 4); give each key once"),
+    ("decoder:\n  chunk_schedule: []\n", "decoder.chunk_schedule: expected a list of at least 1 item, got an empty list"),
+    ("decoder:\n  chunk_schedule: [0, -5]\n", "decoder.chunk_schedule[0]: expected an integer 1-1000, got 0"),
+    ("decoder:\n  chunk_schedule: [10, -5]\n", "decoder.chunk_schedule[1]: expected an integer 1-1000, got -5"),
+    ("decoder:\n  chunk_schedule: 10\n", "decoder.chunk_schedule: expected a list, got 10"),
+    ("retrieval:\n  languages: [klingon]\n",
+     "retrieval.languages[0]: unknown language 'klingon'; expected a SONAR code such as eng_Latn or zho_Hans"),
+    ("retrieval:\n  languages: [eng_Latn, zho_hans]\n",
+     "retrieval.languages[1]: unknown language 'zho_hans'; expected a SONAR code such as eng_Latn or zho_Hans "
+     "(did you mean 'zho_Hans'?)"),
+    ("retrieval:\n  languages: []\n", "retrieval.languages: expected a list of at least 1 item, got an empty list"),
+    ("audio:\n  input_device: -1\n", "audio.input_device: expected an integer >= 0, got -1"),
+    ("audio:\n  output_device: 1.5\n", "audio.output_device: expected a string or an integer, got 1.5"),
+    ("decoder:\n  seed: -1\n", "decoder.seed: expected an integer 0-2147483647, got -1"),
+    ("models:\n  lm:\n    device: gpu\n", "models.lm.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+])
+def test_bad_config_is_refused_at_load_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           yaml_text: str, message: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml_text, encoding="utf-8")
+    before = files_under(tmp_path)
+    assert main(["--config", str(config), "models"]) == 2
+    assert one_error_line(capsys) == f"{config}: {message}"
+    assert files_under(tmp_path) == before
+
+
+def test_doubled_braces_and_keys_overridden_after_a_yaml_merge_are_accepted(tmp_path: Path) -> None:
+    from voicechat.config import load_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text('generation:\n  rag_template: "Reply as {{\\"answer\\": ...}}. {passages} Q: {question}"\n'
+                      "voices:\n  a: &base {description: A, generation: {temperature: 0.3}}\n"
+                      "  b: {<<: *base, description: B}\n", encoding="utf-8")
+    loaded = load_config(config)
+    assert loaded.generation.rag_template == 'Reply as {{"answer": ...}}. {passages} Q: {question}'
+    assert loaded.voice_preset("b").description == "B" and loaded.voice_preset("b").generation.temperature == 0.3
+
+
+def test_device_index_in_the_config_chooses_that_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from voicechat.audio import devices
+    from voicechat.audio.devices import DeviceInfo
+    from voicechat.config import load_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text("audio:\n  input_device: 1\n  output_device: speakers\n", encoding="utf-8")
+    audio = load_config(config).audio
+    assert audio.input_device == 1 and audio.output_device == "speakers"
+    fake = [DeviceInfo(0, "Built-in mic", "ALSA", 1, 0, 48000, is_default_input=True),
+            DeviceInfo(1, "USB mic", "ALSA", 1, 0, 16000),
+            DeviceInfo(2, "Desk speakers", "ALSA", 0, 2, 48000, is_default_output=True)]
+    monkeypatch.setattr(devices, "list_devices", lambda: fake)
+    assert devices.find_device(audio.input_device, "input").name == "USB mic"
+    assert devices.find_device(audio.output_device, "output").name == "Desk speakers"
+    with pytest.raises(devices.AudioError, match="no input device with index 2"):
+        devices.find_device(2, "input")
