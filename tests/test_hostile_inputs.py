@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.lm import tiny_lm  # noqa: F401 (fixture)
 from voicechat.cli import main
 
 
@@ -58,6 +59,7 @@ UNKNOWN_PLACEHOLDER = ("unknown placeholder {answer}; only {question} and {passa
     ("audio:\n  output_device: 1.5\n", "audio.output_device: expected a string or an integer, got 1.5"),
     ("decoder:\n  seed: -1\n", "decoder.seed: expected an integer 0-2147483647, got -1"),
     ("models:\n  lm:\n    device: gpu\n", "models.lm.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("serve:\n  max_new_tokens: 0\n", "serve.max_new_tokens: expected an integer 1-32768, got 0"),
 ])
 def test_bad_config_is_refused_at_load_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                            yaml_text: str, message: str) -> None:
@@ -98,3 +100,68 @@ def test_device_index_in_the_config_chooses_that_device(tmp_path: Path, monkeypa
     assert devices.find_device(audio.output_device, "output").name == "Desk speakers"
     with pytest.raises(devices.AudioError, match="no input device with index 2"):
         devices.find_device(2, "input")
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_config(tmp_path: Path) -> Path:
+    """A config without local models: a command that tried to load one would fail differently."""
+    path = tmp_path / "config.yaml"
+    path.write_text("offline: true\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_serve_on_an_impossible_port_is_one_line_before_the_model_loads(offline_config: Path, port: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(offline_config), "serve", "--port", port]) == 2
+    assert one_error_line(capsys) == f"--port must be 0-65535 (0 picks a free one), got {port}"
+
+
+class RecordingBackendDouble:
+    """Test double of an LM backend: counts the generations it was asked for."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def stream(self, prompt_ids, params, cancel):
+        self.calls += 1
+        yield from range(3, 3 + min(params.max_new_tokens, 3))
+
+    def close(self) -> None:
+        pass
+
+
+def test_serve_refuses_a_request_for_more_tokens_than_its_limit(tiny_lm: Path) -> None:  # noqa: F811
+    import http.client
+    import json
+    import threading
+
+    from voicechat.glm.lm.server import LMServer
+    from voicechat.glm.text_tokenizer import GlmTextTokenizer
+
+    backend = RecordingBackendDouble()
+    server = LMServer(backend, GlmTextTokenizer.from_pretrained(tiny_lm), "127.0.0.1", 0, max_new_tokens=1000)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+
+    def ask(max_new_tokens: int) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+        connection.request("POST", "/generate_stream", body=json.dumps({"input_ids": [1, 2, 3],
+                                                                         "max_new_tokens": max_new_tokens}))
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    try:
+        status, body = ask(16406)
+        assert status == 400 and backend.calls == 0
+        assert json.loads(body) == {"error": "max_new_tokens 16406 is above this server's limit of 1000 "
+                                             "(serve.max_new_tokens); ask for fewer"}
+        status, body = ask(1000)
+        assert status == 200 and backend.calls == 1 and len(body.splitlines()) == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

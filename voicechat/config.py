@@ -279,6 +279,13 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """`voicechat serve`: limits on what a client may ask of this machine."""
+
+    max_new_tokens: int = field(default=4096, metadata=_range(1, 32768))  # larger requests are refused
+
+
+@dataclass(frozen=True)
 class UIConfig:
     theme: str = "textual-dark"
     level_meter_hz: int = field(default=15, metadata=_range(1, 60))
@@ -300,6 +307,7 @@ class Config:
     audio: AudioConfig = AudioConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     decoder: DecoderConfig = DecoderConfig()
+    serve: ServeConfig = ServeConfig()
     ui: UIConfig = UIConfig()
     sessions: SessionsConfig = SessionsConfig()
     offline: bool = False
