@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.lm import tiny_lm  # noqa: F401 (fixture)
+from tests.support.speech import noise, vowels
 from voicechat.cli import main
 
 
@@ -165,3 +166,56 @@ def test_serve_refuses_a_request_for_more_tokens_than_its_limit(tiny_lm: Path) -
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# --- ask ------------------------------------------------------------------------------------------
+
+
+def _recording(path: Path, samples) -> Path:
+    from voicechat.audio.files import write_wav
+
+    write_wav(path, samples, 16000)
+    return path
+
+
+@pytest.mark.parametrize("what, samples", [
+    ("5 s of digital silence", lambda: noise(5.0, None)),
+    ("5 s of steady noise", lambda: noise(5.0, -30.0)),
+    ("a 0.05 s clip", lambda: vowels(0.05)),
+])
+def test_ask_refuses_a_recording_without_speech_before_any_model_loads(
+        tmp_path: Path, offline_config: Path, capsys: pytest.CaptureFixture[str], what: str, samples) -> None:
+    question = _recording(tmp_path / "question.wav", samples())
+    before = files_under(tmp_path)
+    assert main(["--config", str(offline_config), "ask", str(question), "--out", str(tmp_path / "reply.wav")]) == 2
+    assert one_error_line(capsys) == (f"{question}: no speech in this recording (silence, noise, or shorter than "
+                                      "250 ms); record the question again")
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("name, message", [
+    ("reply.mp3", "{out}: cannot write .mp3 files; end the name with .wav, .flac or .ogg"),
+    ("reply", "{out}: cannot write a file without an extension; end the name with .wav, .flac or .ogg"),
+    ("/proc/reply.wav", "{out}: cannot write in /proc ("),
+])
+def test_ask_out_that_cannot_be_written_is_refused_before_the_reply_is_generated(
+        tmp_path: Path, offline_config: Path, capsys: pytest.CaptureFixture[str], name: str, message: str) -> None:
+    out = tmp_path / name
+    question = _recording(tmp_path / "question.wav", vowels(1.0))
+    before = files_under(tmp_path)
+    assert main(["--config", str(offline_config), "ask", str(question), "--out", str(out)]) == 2
+    assert one_error_line(capsys).startswith(message.format(out=out))
+    assert files_under(tmp_path) == before and not out.exists()
+
+
+@pytest.mark.parametrize("name, kind", [("reply.wav", "WAV"), ("reply.FLAC", "FLAC"), ("reply.ogg", "OGG")])
+def test_audio_output_format_follows_the_file_name(tmp_path: Path, name: str, kind: str) -> None:
+    import soundfile
+
+    from voicechat.audio.files import check_output, write_audio
+
+    check_output(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []  # the writability check leaves nothing behind
+    write_audio(tmp_path / name, vowels(0.5), 16000)
+    assert soundfile.info(str(tmp_path / name)).format == kind
+    assert [p.name for p in tmp_path.iterdir()] == [name]
