@@ -3,12 +3,19 @@ does the right thing), and nothing is written or lost on the way."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.lm import tiny_lm  # noqa: F401 (fixture)
+from tests.support.retrieval import knowledge, sonar_dir  # noqa: F401 (fixtures)
 from tests.support.speech import noise, vowels
+from tests.support.tiny_models import tiny_models_dir  # noqa: F401 (fixture)
+from voicechat import cli
 from voicechat.cli import main
 
 
@@ -219,3 +226,54 @@ def test_audio_output_format_follows_the_file_name(tmp_path: Path, name: str, ki
     write_audio(tmp_path / name, vowels(0.5), 16000)
     assert soundfile.info(str(tmp_path / name)).format == kind
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+# --- eval ------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+HOTPOT = str(REPO / "tests" / "data" / "eval" / "hotpot_small.json")
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "hotpotqa", HOTPOT, "--synth", "--out", "/proc/voicechat-eval"],
+    ["eval", "synth", "hotpotqa", HOTPOT, "--out", "/proc/voicechat-eval/speech"],
+])
+def test_eval_out_where_nothing_can_be_written_is_one_line_before_anything_runs(
+        offline_config: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(["--config", str(offline_config), *argv]) == 2
+    out = argv[-1]
+    assert one_error_line(capsys) == (f"--out {out}: cannot write in /proc (No such file or directory); "
+                                      "choose another folder")
+
+
+@pytest.mark.slow
+def test_interrupted_eval_keeps_its_results_and_marks_the_summary_partial(
+        tmp_path: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from voicechat.audio.files import write_wav
+    from voicechat.evaluation import runner
+
+    for qid in ("q1", "q2"):
+        path = tmp_path / "speech" / "hotpotqa" / "reader1" / qid / "question.wav"
+        path.parent.mkdir(parents=True)
+        write_wav(path, vowels(1.0), 16000)
+    real_run_question = runner.run_question
+
+    def ctrl_c_at_the_second_question(config, parts, retriever, question, *rest):
+        """Test double around the real runner step: Ctrl-C lands while the second question runs."""
+        if question.id != "q1":
+            raise KeyboardInterrupt
+        return real_run_question(config, parts, retriever, question, *rest)
+
+    monkeypatch.setattr(runner, "run_question", ctrl_c_at_the_second_question)
+    out = tmp_path / "run"
+    assert main(["--config", str(tiny_models_dir / "config.yaml"), "eval", "hotpotqa", HOTPOT,
+                 "--speech", str(tmp_path / "speech"), "--modes", "norag", "--out", str(out)]) == cli.EXIT_INTERRUPTED
+    # (blank lines: fairseq2's progress bars, set up by earlier tests in this process before the CLI
+    # could turn them off as it does for a command run on its own)
+    assert [line for line in capsys.readouterr().err.splitlines() if line.strip()] == ["voicechat: interrupted"]
+    assert [json.loads(line)["id"] for line in (out / "results.jsonl").read_text().splitlines()] == ["q1"]
+    assert json.loads((out / "summary.json").read_text())["progress"] == {"finished": 1, "expected": 2, "partial": True}
+    assert "**Partial run**: 1 of 2 question-mode pairs finished" in (out / "summary.md").read_text()
