@@ -228,7 +228,7 @@ def test_audio_output_format_follows_the_file_name(tmp_path: Path, name: str, ki
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
-# --- eval ------------------------------------------------------------------------------------------
+# --- eval, and output into a closed pipe ----------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
 HOTPOT = str(REPO / "tests" / "data" / "eval" / "hotpot_small.json")
@@ -244,6 +244,41 @@ def test_eval_out_where_nothing_can_be_written_is_one_line_before_anything_runs(
     out = argv[-1]
     assert one_error_line(capsys) == (f"--out {out}: cannot write in /proc (No such file or directory); "
                                       "choose another folder")
+
+
+def run_into_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Runs voicechat with its stdout read by no one: the reader has gone before the first line is
+    printed, as `voicechat ... | head -1` does once it has its line."""
+    process = subprocess.Popen([sys.executable, "-m", "voicechat", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    process.stdout.close()
+    stderr = process.stderr.read()
+    return subprocess.CompletedProcess(argv, process.wait(timeout=300), None, stderr)
+
+
+def test_output_into_a_closed_pipe_exits_quietly(offline_config: Path) -> None:
+    result = run_into_closed_pipe("--config", str(offline_config), "models", "--all")
+    assert (result.returncode, result.stderr) == (cli.EXIT_BROKEN_PIPE, "")
+    result = run_into_closed_pipe("--help")  # argparse itself ignores the closed pipe
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.slow
+def test_search_into_a_closed_pipe_exits_quietly(tmp_path: Path, sonar_dir: Path, knowledge: Path,  # noqa: F811
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"sonar_text": {"source": str(sonar_dir / "text_encoder" / "card.yaml"), "device": "cpu"}},
+        "retrieval": {"knowledge_dir": str(knowledge), "score_threshold": -1.0},
+        "offline": True,
+    }), encoding="utf-8")
+    assert main(["--config", str(config), "index"]) == 0
+    capsys.readouterr()
+    index = files_under(knowledge)
+    result = run_into_closed_pipe("--config", str(config), "search", "the largest planet", "-k", "20")
+    assert (result.returncode, result.stderr) == (cli.EXIT_BROKEN_PIPE, "")
+    assert files_under(knowledge) == index
 
 
 @pytest.mark.slow
