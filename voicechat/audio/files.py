@@ -64,7 +64,8 @@ def _check_writable(path: Path) -> None:
     try:
         handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as error:
-        raise AudioError(f"{path}: cannot write in {path.parent} ({error.strerror or error})") from None
+        raise AudioError(f"{path}: cannot write in {path.parent} ({error.strerror or error}); "
+                         "choose another folder") from None
     os.close(handle)
     os.unlink(probe)
 
