@@ -8,21 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.speech import vowels
 from voicechat.audio.files import check_output, read_audio, read_speech, write_wav
 from voicechat.cli import main
 from voicechat.errors import AudioError
 
 
-def _tone(path: Path, seconds: float = 1.0) -> Path:
-    t = np.arange(int(16000 * seconds)) / 16000
-    write_wav(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+def _question(path: Path, seconds: float = 1.0) -> Path:
+    write_wav(path, vowels(seconds), 16000)  # `ask` answers only a recording the endpointer hears speech in
     return path
 
 
 @pytest.mark.slow
 def test_spoken_question_prints_the_reply_and_writes_its_audio(tmp_path: Path, tiny_models_dir: Path,
                                                                 capsys) -> None:
-    question, reply = _tone(tmp_path / "question.wav"), tmp_path / "reply.wav"
+    question, reply = _question(tmp_path / "question.wav"), tmp_path / "reply.wav"
     code = main(["--config", str(tiny_models_dir / "config.yaml"), "--rag", "off", "ask", str(question),
                  "--out", str(reply), "--json"])
     printed = json.loads(capsys.readouterr().out)
@@ -46,7 +46,7 @@ def test_spoken_question_prints_the_reply_and_writes_its_audio(tmp_path: Path, t
 ])
 def test_bad_inputs_are_refused_in_one_line_before_any_model_loads(tmp_path: Path, capsys, argv: list[str],
                                                                    message: str) -> None:
-    question = _tone(tmp_path / "question.wav")
+    question = _question(tmp_path / "question.wav")
     empty = tmp_path / "empty.wav"
     write_wav(empty, np.zeros(0, np.float32), 16000)
     argv = [a.format(tmp=tmp_path, question=question, empty=empty) for a in argv]
@@ -64,7 +64,7 @@ def test_recordings_with_invalid_samples_are_refused(tmp_path: Path) -> None:
     soundfile.write(str(tmp_path / "nan.wav"), np.full(800, np.nan, np.float32), 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match="invalid samples"):
         read_speech(tmp_path / "nan.wav")
-    assert read_speech(_tone(tmp_path / "ok.wav", 0.5)).shape == (8000,)
+    assert read_speech(_question(tmp_path / "ok.wav", 0.5)).shape == (8000,)
 
 
 def test_output_checks_and_unwritable_outputs(tmp_path: Path) -> None:

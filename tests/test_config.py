@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from voicechat.config import Config, load_config
+from voicechat.config import Config, VoicePreset, load_config
 from voicechat.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +49,30 @@ def test_shipped_config_yaml_documents_every_key() -> None:
 
     undocumented = [k for k in all_keys(Config) if not re.search(rf"^\s*{re.escape(k)}:", text, re.M)]
     assert undocumented == []
+
+
+def test_every_number_in_the_config_has_bounds() -> None:
+    import typing
+
+    one_sided = {"audio.input_device", "audio.output_device"}  # device indexes: no upper bound
+
+    def unbounded(cls: type, where: str = "") -> list[str]:
+        found = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint, dotted = hints[f.name], f"{where}{f.name}"
+            if dataclasses.is_dataclass(hint):
+                found += unbounded(hint, dotted + ".")
+                continue
+            kinds = {hint, *typing.get_args(hint)}
+            kinds |= {inner for kind in kinds for inner in typing.get_args(kind)}  # tuple[int, ...]
+            low, high = f.metadata.get("range", (None, None))
+            if kinds & {int, float} and (low is None or (high is None and dotted not in one_sided)):
+                found.append(dotted)
+        return found
+
+    assert unbounded(Config) == []
+    assert unbounded(VoicePreset, "voices.*.") == []
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:

@@ -53,6 +53,18 @@ def test_summary_files_record_the_run_and_mark_synthetic_speech(tmp_path: Path) 
     assert "Synthetic" not in (tmp_path / "summary.md").read_text() and real["run"]["speech"]["synthetic"] is False
 
 
+def test_summary_of_an_unfinished_run_is_marked_partial(tmp_path: Path) -> None:
+    info = dict(_info(synthetic=False), questions=["a", "b"], modes=["e2e", "asr"])
+    records = [dict(_record("e2e", 1.0, 10.0), id="a"), dict(_record("asr", 1.0, 20.0), id="a")]
+    summary = write_summary(tmp_path, info, records)
+    assert summary["progress"] == {"finished": 2, "expected": 4, "partial": True}
+    assert (tmp_path / "summary.md").read_text().splitlines()[2] == (
+        "**Partial run**: 2 of 4 question-mode pairs finished (interrupted); run the same command again to finish it.")
+    records += [dict(_record(mode, 1.0, 10.0), id="b") for mode in ("e2e", "asr")]
+    assert write_summary(tmp_path, info, records)["progress"]["partial"] is False
+    assert "Partial" not in (tmp_path / "summary.md").read_text()
+
+
 def test_retrieval_time_is_split_by_question_length(tmp_path: Path) -> None:
     records = [dict(r, audio_s=s) for r, s in zip(RECORDS, (1.0, 12.0, 2.0, 4.5, 1.0))]
     table = by_length(records + [_record("e2e", 1.0, 99.0)], ["e2e", "asr", "norag"])  # no audio_s: left out

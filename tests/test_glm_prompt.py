@@ -65,11 +65,20 @@ def test_configured_templates_replace_the_defaults(tokenizer: GlmTextTokenizer) 
     assert "<|user|>\nDocs:\n(a) b\nQ: why?<|assistant|>" in text
 
 
+def test_doubled_braces_in_a_template_are_literal_and_passages_are_verbatim(tokenizer: GlmTextTokenizer) -> None:
+    templates = PromptTemplates(rag='Answer as {{"answer": ...}}. {passages} Q: {question}')
+    builder = PromptBuilder(tokenizer, templates)
+    text = tokenizer.decode(builder.build(Conversation(), text="why?", passages=[Passage("a", "{x} }{")]).ids)
+    assert '<|user|>\nAnswer as {"answer": ...}. [a] {x} }{ Q: why?<|assistant|>' in text
+
+
 def test_bad_templates_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="question"):
         PromptTemplates(rag="no placeholder {passages}")
     with pytest.raises(ConfigError, match="passage_template"):
         PromptTemplates(passage="{source} {unknown}")
+    with pytest.raises(ConfigError, match=r"rag_template: unknown placeholder \{answer\}"):
+        PromptTemplates(rag="{question} {passages} {answer}")
 
 
 def test_passage_text_cannot_forge_markers(builder: PromptBuilder, tokenizer: GlmTextTokenizer) -> None:

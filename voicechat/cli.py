@@ -4,6 +4,11 @@ Each subcommand lives in voicechat/commands/<name>.py with HELP, add_arguments(p
 run(args, config) -> exit code; a command with subcommands of its own (`eval rgb`) returns their
 parsers from add_arguments, and they take the global flags too. Command modules import heavy
 libraries inside run(), so that `voicechat --help` and argument errors stay instant.
+
+Exit codes: 0 done; 1 the command ran but something failed (a turn, a missing model); 2 an error
+the user can fix, printed as one line; 130 interrupted (Ctrl+C); 141 (128 + SIGPIPE, as a command
+killed by the broken pipe reports) when the reader of stdout went away, as in
+`voicechat search ... | head -1`: nothing more is printed, and no traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ COMMANDS: dict[str, str] = {
 DEFAULT_COMMAND = "chat"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 log = logging.getLogger("voicechat")
 
@@ -137,9 +143,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    code = main()
+    try:
+        try:
+            code = main()
+        finally:
+            sys.stdout.flush()  # output still buffered meets a closed pipe here rather than at exit
+    except BrokenPipeError:
+        code = _stdout_reader_gone()
     if code == EXIT_INTERRUPTED:  # a second Ctrl-C would interrupt the interpreter's shutdown
         import signal
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
+
+
+def _stdout_reader_gone() -> int:
+    """The program reading our stdout has closed it (`| head -1`): whatever is left to print goes
+    to the null device, so that Python's flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE

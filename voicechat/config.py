@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,13 +23,18 @@ from voicechat.errors import ConfigError
 CONFIG_FILE_NAME = "config.yaml"
 
 
-def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
-    return {"range": (low, high)}
+def _range(low: float | None = None, high: float | None = None, **more: Any) -> dict[str, Any]:
+    """Field metadata: the bounds of a number (of each item, for a list) and further checks:
+    ``min_items`` for a list, ``pattern`` (a regular expression and its description in words),
+    ``languages`` (a function returning the allowed language codes, or None when they cannot be
+    known here), ``template`` (placeholder name -> (least, most) uses, most None for any)."""
+    return {"range": (low, high), **more}
 
 
 # --- models ---------------------------------------------------------------------------------------
 
 Device = str  # "auto", "cpu", "cuda", "cuda:1", "mps"
+DEVICE_PATTERN = (r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps")  # (regex, in words)
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -38,7 +45,7 @@ class ModelSpec:
 
     source: str
     revision: str | None = None
-    device: Device = "auto"
+    device: Device = field(default="auto", metadata={"pattern": DEVICE_PATTERN})
     dtype: DType = "auto"
 
 
@@ -72,6 +79,38 @@ class BackendConfig:
     retries: int = field(default=2, metadata=_range(0, 10))  # attempts before the first token
 
 
+# Placeholders of the prompt templates: name -> (least, most) uses; most None: any number.
+RAG_TEMPLATE_FIELDS: dict[str, tuple[int, int | None]] = {"question": (1, 1), "passages": (1, 1)}
+PASSAGE_TEMPLATE_FIELDS: dict[str, tuple[int, int | None]] = {"source": (0, None), "text": (1, None)}
+
+
+def template_problem(text: str, fields: dict[str, tuple[int, int | None]]) -> str | None:
+    """What is wrong with a prompt template (str.format syntax: literal braces are doubled, {{
+    and }}), or None when it uses only ``fields``, each as often as allowed."""
+    import string
+
+    names = " and ".join(f"{{{name}}}" for name in fields)
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError:
+        return f"a brace without its pair; placeholders are {names}, and a literal brace is written twice ({{{{ or }}}})"
+    used: list[str] = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in fields or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            return (f"unknown placeholder {shown}{_suggest(name, fields)}; only {names} may be used, "
+                    "and a literal brace is written twice ({{ or }})")
+        used.append(name)
+    for name, (least, most) in fields.items():
+        count = used.count(name)
+        if count < least or (most is not None and count > most):
+            times = "exactly once" if least == most == 1 else "at least once"
+            return f"must contain {{{name}}} {times}"
+    return None
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     temperature: float = field(default=0.2, metadata=_range(0.0, 2.0))
@@ -79,8 +118,8 @@ class GenerationConfig:
     max_new_tokens: int = field(default=2000, metadata=_range(1, 32768))
     context_budget: int = field(default=8192, metadata=_range(256, 131072))
     # How retrieved passages enter the user turn; None is the study's template (voicechat.glm.prompt).
-    rag_template: str | None = None
-    passage_template: str | None = None
+    rag_template: str | None = field(default=None, metadata={"template": RAG_TEMPLATE_FIELDS})
+    passage_template: str | None = field(default=None, metadata={"template": PASSAGE_TEMPLATE_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -167,8 +206,9 @@ class PlaybackConfig:
 
 @dataclass(frozen=True)
 class AudioConfig:
-    input_device: str | None = None  # index or part of the name; None: the system default
-    output_device: str | None = None
+    # an index or a part of the name (see `voicechat devices`); None: the system default
+    input_device: str | int | None = field(default=None, metadata=_range(0, None))
+    output_device: str | int | None = field(default=None, metadata=_range(0, None))
     barge_in: bool = False  # speech during playback interrupts it (use headphones)
     echo_tail_ms: int = field(default=300, metadata=_range(0, 5000))  # half-duplex: deaf after playback
     capture_block_ms: int = field(default=40, metadata=_range(5, 200))  # 40: <2% CPU idle
@@ -187,6 +227,27 @@ class ChunkingConfig:
     max_passage_chars: int = field(default=1500, metadata=_range(100, 20000))
 
 
+@functools.lru_cache(maxsize=1)
+def sonar_text_languages() -> frozenset[str] | None:
+    """The language codes of SONAR's text encoder (NLLB's 200), read from the card in the
+    installed sonar package without importing it; None when sonar is not installed."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.find_spec("sonar")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        card = Path(folder) / "cards" / "text_sonar_basic_encoder.yaml"
+        try:
+            data = yaml.safe_load(card.read_text(encoding="utf-8"))
+            return frozenset(str(lang) for lang in data["tokenizer_config"]["_set_"]["langs"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue
+    return None
+
+
 @dataclass(frozen=True)
 class RetrievalConfig:
     knowledge_dir: str = "knowledge"
@@ -195,7 +256,8 @@ class RetrievalConfig:
     score_threshold: float = field(default=0.0, metadata=_range(-1.0, 1.0))
     rag: Literal["e2e", "asr", "off"] = "e2e"
     two_round: Literal["off", "rewrite", "fallback"] = "off"
-    languages: tuple[str, ...] = ("eng_Latn", "zho_Hans")
+    languages: tuple[str, ...] = field(default=("eng_Latn", "zho_Hans"),
+                                       metadata=_range(min_items=1, languages=sonar_text_languages))
     asr_language: str | None = None  # Whisper language code ("en", "zh"); None: detected
     index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     chunking: ChunkingConfig = ChunkingConfig()
@@ -210,10 +272,17 @@ class DecoderConfig:
     overlap_frames: mel frames held back at a chunk's end and cross-faded into the next chunk;
     context_tokens: tokens before a chunk re-encoded as its condition (bounds the cost per chunk)."""
 
-    chunk_schedule: tuple[int, ...] = (10, 25, 50, 100)
-    seed: int = 42
+    chunk_schedule: tuple[int, ...] = field(default=(10, 25, 50, 100), metadata=_range(1, 1000, min_items=1))
+    seed: int = field(default=42, metadata=_range(0, 2**31 - 1))
     overlap_frames: int = field(default=20, metadata=_range(0, 200))
     context_tokens: int = field(default=30, metadata=_range(0, 500))
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`voicechat serve`: limits on what a client may ask of this machine."""
+
+    max_new_tokens: int = field(default=4096, metadata=_range(1, 32768))  # larger requests are refused
 
 
 @dataclass(frozen=True)
@@ -238,6 +307,7 @@ class Config:
     audio: AudioConfig = AudioConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     decoder: DecoderConfig = DecoderConfig()
+    serve: ServeConfig = ServeConfig()
     ui: UIConfig = UIConfig()
     sessions: SessionsConfig = SessionsConfig()
     offline: bool = False
@@ -298,7 +368,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config file ({error})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as duplicate:
+        raise ConfigError(f"{path}: line {duplicate.line}: {duplicate.dotted}: duplicate key (first on line "
+                          f"{duplicate.first_line}); give each key once") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -309,6 +382,49 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return data
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, dotted: str, line: int, first_line: int) -> None:
+        super().__init__(dotted)
+        self.dotted, self.line, self.first_line = dotted, line, first_line
+
+
+@functools.lru_cache(maxsize=1)
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load keeps the last one
+    silently). Each mapping learns its dotted path from its parent, so the error can name it."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self.paths: dict[int, str] = {}  # id(node) -> dotted path, for nested nodes
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            where = self.paths.get(id(node), "")
+            seen: dict[Any, Any] = {}  # key -> its first node
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` merges; its keys may be overridden
+                key = self.construct_object(key_node, deep=True)
+                dotted = f"{where}.{key}" if where else str(key)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKey(dotted, key_node.start_mark.line + 1, first.start_mark.line + 1)
+                self.paths[id(value_node)] = dotted
+            return super().construct_mapping(node, deep)
+
+        def construct_sequence(self, node: Any, deep: bool = False) -> list[Any]:
+            where = self.paths.get(id(node), "")
+            for index, item in enumerate(node.value):
+                self.paths[id(item)] = f"{where}[{index}]"
+            return super().construct_sequence(node, deep)
+
+    return UniqueKeyLoader
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -380,8 +496,14 @@ def _scalar(hint: Any, value: Any, spec: dataclasses.Field, label: str, dotted: 
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _scalar(inner, value, spec, label, dotted)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # str | int: the type the value has
+            fitting = [a for a in inner if _is_a(value, a)]
+            if not fitting:
+                expected = " or ".join(_NOUNS.get(a, str(a)) for a in inner)
+                raise ConfigError(f"{label}: {dotted}: expected {expected}, got {_show(value)}")
+            inner = fitting[:1]
+        return _scalar(inner[0], value, spec, label, dotted)
     if origin is Literal:
         if value is False and "off" in args:
             value = "off"  # YAML 1.1 reads a bare `off` as false
@@ -394,20 +516,55 @@ def _scalar(hint: Any, value: Any, spec: dataclasses.Field, label: str, dotted: 
     if origin is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{label}: {dotted}: expected a list, got {_show(value)}")
+        least = spec.metadata.get("min_items", 0)
+        if len(value) < least:
+            raise ConfigError(f"{label}: {dotted}: expected a list of at least {least} item{'s' * (least > 1)}, "
+                              f"got {'an empty list' if not value else len(value)}")
         return tuple(_scalar(args[0], item, spec, label, f"{dotted}[{i}]") for i, item in enumerate(value))
     return _checked(hint, value, spec, label, dotted)
 
 
+_NOUNS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    if hint is bool or isinstance(value, bool):
+        return hint is bool and isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint) if isinstance(hint, type) else False
+
+
+def _checked_string(value: str, spec: dataclasses.Field, label: str, dotted: str) -> str:
+    """A string's further checks: a pattern, a language code, or a prompt template's placeholders."""
+    pattern, described = spec.metadata.get("pattern", (None, None))
+    if pattern and not re.fullmatch(pattern, value):
+        raise ConfigError(f"{label}: {dotted}: expected {described}, got {value!r}")
+    languages = spec.metadata.get("languages")
+    allowed = languages() if languages else None
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{label}: {dotted}: unknown language {value!r}; expected a SONAR code such as "
+                          f"eng_Latn or zho_Hans{_suggest(value, allowed)}")
+    fields = spec.metadata.get("template")
+    problem = template_problem(value, fields) if fields else None
+    if problem:
+        raise ConfigError(f"{label}: {dotted}: {problem}")
+    return value
+
+
 def _checked(hint: Any, value: Any, spec: dataclasses.Field, label: str, dotted: str) -> Any:
     low, high = spec.metadata.get("range", (None, None))
-    bounds = f" {_fmt(low)}-{_fmt(high)}" if low is not None and high is not None else ""
+    if low is not None and high is not None:
+        bounds = f" {_fmt(low)}-{_fmt(high)}"
+    else:
+        bounds = f" >= {_fmt(low)}" if low is not None else f" <= {_fmt(high)}" if high is not None else ""
     if hint is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{label}: {dotted}: expected true or false, got {_show(value)}")
     if hint is str:
         if isinstance(value, str):
-            return value
+            return _checked_string(value, spec, label, dotted)
         raise ConfigError(f"{label}: {dotted}: expected a string, got {_show(value)}")
     if hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)

@@ -67,6 +67,21 @@ class Scene:
         return self.samples.size / RATE
 
 
+def vowels(seconds: float = 1.0, pitch_hz: float = 120.0) -> np.ndarray:
+    """A voiced, syllable-like sound the endpointer takes for speech, without espeak-ng: a pulse
+    train at ``pitch_hz`` through three formant resonances of an "a", four syllables a second."""
+    from scipy.signal import lfilter
+
+    count = int(RATE * seconds)
+    sound = np.zeros(count)
+    sound[::int(RATE / pitch_hz)] = 1.0
+    for centre, bandwidth in ((700, 130), (1220, 70), (2600, 160)):
+        radius, angle = np.exp(-np.pi * bandwidth / RATE), 2 * np.pi * centre / RATE
+        sound = lfilter([1 - radius], [1, -2 * radius * np.cos(angle), radius * radius], sound)
+    sound *= 0.5 * (1 - np.cos(2 * np.pi * 4.0 * np.arange(count) / RATE))
+    return (0.3 * sound / np.max(np.abs(sound))).astype(np.float32)
+
+
 def noise(seconds: float, dbfs: float | None, seed: int = 0) -> np.ndarray:
     """Steady white noise at an RMS level in dBFS (None: digital silence)."""
     count = int(round(seconds * RATE))

@@ -200,3 +200,10 @@ def find_utterances(samples: np.ndarray, config: VadConfig = VadConfig()) -> lis
     """All events for a whole recording (16 kHz mono int16), including the end of stream."""
     endpointer = Endpointer(config)
     return endpointer.push(samples) + endpointer.finish()
+
+
+def contains_speech(samples: np.ndarray, config: VadConfig = VadConfig()) -> bool:
+    """Whether a whole recording (16 kHz mono float32) holds an utterance that a microphone
+    turn would accept: silence, steady noise and clips shorter than min_utterance_ms do not."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return any(isinstance(event, UtteranceEnded) for event in find_utterances(pcm, config))

@@ -16,13 +16,14 @@ HELP = "ask one spoken (or --text) question and print the reply, its sources and
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="?", type=Path, help="the question as an audio file (any rate)")
     parser.add_argument("--text", help="a typed question instead of audio")
-    parser.add_argument("--out", type=Path, metavar="WAV", help="write the spoken reply here")
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="write the spoken reply here (.wav, .flac or .ogg, from the name)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.assemble import load_components
-    from voicechat.audio.files import check_output, read_speech, write_wav
+    from voicechat.audio.files import check_output, write_audio
     from voicechat.engine import TurnInput
     from voicechat.errors import VoicechatError
     from voicechat.events import Event, StageFailed
@@ -33,8 +34,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.text is not None and not args.text.strip():
         raise VoicechatError("--text is empty; give the question to ask")
     if args.out is not None:
-        check_output(args.out, args.audio)
-    question = TurnInput(text=args.text) if args.audio is None else TurnInput(audio=read_speech(args.audio))
+        check_output(args.out, args.audio)  # format and permission, before the reply is generated
+    question = TurnInput(text=args.text) if args.audio is None else TurnInput(audio=read_question(args.audio, config))
     warnings: list[str] = []
     with _progress() as report:
         parts = load_components(config, report, on_warning=warnings.append)
@@ -53,8 +54,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
     rate = parts.decoder.sample_rate
     report_turn(args, result, rate, warnings + failures)  # the reply is shown even if the file cannot be written
     if args.out is not None:
-        write_wav(args.out, result.reply_audio, rate)
+        write_audio(args.out, result.reply_audio, rate)
     return 1 if failures else 0
+
+
+def read_question(path: Path, config: Config):
+    """The recorded question at 16 kHz; a recording without speech is not a question to answer."""
+    from voicechat.audio.endpointer import contains_speech
+    from voicechat.audio.files import read_speech
+    from voicechat.errors import AudioError
+
+    samples = read_speech(path)
+    if not contains_speech(samples, config.audio.vad):
+        raise AudioError(f"{path}: no speech in this recording (silence, noise, or shorter than "
+                         f"{config.audio.vad.min_utterance_ms} ms); record the question again")
+    return samples
 
 
 def report_turn(args: argparse.Namespace, result, rate: int, problems: list[str]) -> None:

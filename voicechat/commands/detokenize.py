@@ -11,13 +11,14 @@ from typing import Any
 from voicechat.config import Config
 from voicechat.errors import VoicechatError
 
-HELP = "decode a list of GLM-4-Voice speech tokens to a WAV file, streamed chunk by chunk or in one pass"
+HELP = "decode a list of GLM-4-Voice speech tokens to an audio file, streamed chunk by chunk or in one pass"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tokens", type=Path, metavar="TOKENS.json",
                         help="a JSON list of speech token ids (0-16383), or an object with a 'tokens' list")
-    parser.add_argument("--out", type=Path, required=True, metavar="WAV", help="where to write the audio")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE",
+                        help="where to write the audio (.wav, .flac or .ogg, from the name)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--chunks", type=_schedule, metavar="N,N,...",
                       help="streaming chunk sizes in tokens, the last repeating (default: decoder.chunk_schedule)")
@@ -55,7 +56,7 @@ def read_tokens(path: Path) -> list[int]:
 def run(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
 
-    from voicechat.audio.files import check_output, write_wav
+    from voicechat.audio.files import check_output, write_audio
     from voicechat.glm.decoder import SpeechDecoder
     from voicechat.models import resolve_model
 
@@ -83,6 +84,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         pieces = [session.push([token]) for token in tokens]  # one at a time, as a language model sends them
         pieces.append(session.finish())
         audio, how = np.concatenate(pieces), f"in {session.chunks} chunks"
-    write_wav(args.out, audio, decoder.sample_rate)
+    write_audio(args.out, audio, decoder.sample_rate)
     print(f"{args.out}: {len(audio) / decoder.sample_rate:.2f} s from {len(tokens)} speech tokens, decoded {how}")
     return 0

@@ -149,12 +149,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def check_out_folder(out: Path) -> None:
-    """--out is a folder, or a path where one can be made."""
+    """--out is a folder, or a path where one can be made, and this user may write there; the
+    check leaves nothing behind."""
+    import tempfile
+
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():
                 where = "is a file" if path == out else f"is inside {path}, which is a file"
                 raise VoicechatError(f"--out {out} {where}; choose a folder")
+            try:
+                tempfile.TemporaryDirectory(dir=path).cleanup()
+            except OSError as error:
+                raise VoicechatError(f"--out {out}: cannot write in {path} ({error.strerror or error}); "
+                                     "choose another folder") from None
             return
 
 

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config) -> int:
     from voicechat.errors import ConfigError
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0-65535 (0 picks a free one), got {args.port}")
+
     from voicechat.glm.lm.local import LocalBackend
     from voicechat.glm.lm.server import LMServer
     from voicechat.glm.text_tokenizer import GlmTextTokenizer
@@ -36,8 +40,10 @@ def run(args: argparse.Namespace, config) -> int:
     tokenizer = GlmTextTokenizer.from_pretrained(path)
     backend = LocalBackend.from_pretrained(path, device=spec.device, dtype=spec.dtype, quantization=spec.quantization)
     try:
-        server = LMServer(backend, tokenizer, args.host, args.port, token=token, vocab_size=backend.vocab_size)
+        server = LMServer(backend, tokenizer, args.host, args.port, token=token, vocab_size=backend.vocab_size,
+                          max_new_tokens=config.serve.max_new_tokens)
     except OSError as error:
+        backend.close()
         raise ConfigError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error})") from None
     if token is None and not _is_loopback(args.host):
         print(f"warning: listening on {args.host} without --token-env: anyone who can reach this port can use the model",

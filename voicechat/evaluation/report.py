@@ -51,9 +51,18 @@ def e2e_asr_ratio(rows: dict[str, dict]) -> float | None:
         return None
 
 
+def progress(info: dict, records: list[dict]) -> dict:
+    """How many of the run's (question, mode) pairs have a result; fewer than expected after an
+    interruption (Ctrl+C, a crash), until a rerun finishes them."""
+    wanted = {(qid, mode) for qid in info["questions"] for mode in info["modes"]}
+    finished = wanted & {(r["id"], r["mode"]) for r in records}
+    return {"finished": len(finished), "expected": len(wanted), "partial": len(finished) < len(wanted)}
+
+
 def write_summary(out_dir: Path, info: dict, records: list[dict]) -> dict:
     rows = summarise(records, info["modes"])
-    summary = {"run": info, "modes": rows, "asr_over_e2e_retrieval_time": e2e_asr_ratio(rows),
+    summary = {"run": info, "progress": progress(info, records), "modes": rows,
+               "asr_over_e2e_retrieval_time": e2e_asr_ratio(rows),
                "retrieval_ms_by_length": by_length(records, info["modes"])}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     (out_dir / "summary.md").write_text(markdown(summary), encoding="utf-8")
@@ -68,6 +77,10 @@ def markdown(summary: dict) -> str:
     info, rows = summary["run"], summary["modes"]
     columns = QUALITY[info["dataset"]] + ["recall", "mrr", "wer", "cer"]
     lines = [f"# voicechat eval: {info['dataset']}", ""]
+    done = summary.get("progress") or {"partial": False}
+    if done["partial"]:
+        lines += [f"**Partial run**: {done['finished']} of {done['expected']} question-mode pairs finished "
+                  "(interrupted); run the same command again to finish it.", ""]
     if info["speech"]["synthetic"]:
         lines += ["**Synthetic speech**: questions spoken by espeak-ng, not by people.", ""]
     lines += [

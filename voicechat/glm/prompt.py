@@ -18,9 +18,11 @@ same for many turns and the model's key/value cache keeps being reused.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from voicechat.config import PASSAGE_TEMPLATE_FIELDS, RAG_TEMPLATE_FIELDS, template_problem
 from voicechat.errors import BackendError, ConfigError
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
 
@@ -71,15 +73,25 @@ class PromptTemplates:
     passage: str = PASSAGE_TEMPLATE
 
     def __post_init__(self) -> None:
-        for key in ("{question}", "{passages}"):
-            if self.rag.count(key) != 1:
-                raise ConfigError(f"generation.rag_template must contain {key} exactly once")
-        try:
-            self.passage.format(source="s", text="t")
-        except (KeyError, IndexError, ValueError):
-            raise ConfigError("generation.passage_template may only use {source} and {text}") from None
-        if "{text}" not in self.passage:
-            raise ConfigError("generation.passage_template must contain {text}")
+        for key, text, fields in (("rag_template", self.rag, RAG_TEMPLATE_FIELDS),
+                                  ("passage_template", self.passage, PASSAGE_TEMPLATE_FIELDS)):
+            problem = template_problem(text, fields)
+            if problem:
+                raise ConfigError(f"generation.{key}: {problem}")
+
+    def around_question(self, passages: str) -> tuple[str, str]:
+        """The user turn's text before and after the question, with the passages filled in and
+        doubled braces made single (str.format syntax; the question itself is token ids)."""
+        before: list[str] = []
+        after: list[str] = []
+        side = before
+        for literal, name, _, _ in string.Formatter().parse(self.rag):
+            side.append(literal)
+            if name == "passages":
+                side.append(passages)
+            elif name == "question":
+                side = after
+        return "".join(before), "".join(after)
 
     @classmethod
     def from_config(cls, generation: GenerationConfig) -> PromptTemplates:
@@ -182,8 +194,8 @@ class PromptBuilder:
             context = PASSAGE_SEPARATOR.join(
                 self.templates.passage.format(source=p.source, text=p.text) for p in passages
             )
-            before, after = self.templates.rag.split("{question}")
-            body = encode(before.replace("{passages}", context)) + question + encode(after.replace("{passages}", context))
+            before, after = self.templates.around_question(context)
+            body = encode(before) + question + encode(after)
         else:
             body = question
         if instruction:

@@ -13,6 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from voicechat.config import ServeConfig
 from voicechat.errors import VoicechatError
 from voicechat.glm.lm import LMBackend, SamplingParams
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
@@ -32,11 +33,13 @@ class LMServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, backend: LMBackend, tokenizer: GlmTextTokenizer, host: str = "127.0.0.1",
-                 port: int = 10000, token: str | None = None, vocab_size: int | None = None):
+                 port: int = 10000, token: str | None = None, vocab_size: int | None = None,
+                 max_new_tokens: int = ServeConfig().max_new_tokens):
         self.backend = backend
         self.tokenizer = tokenizer
         self.token = token
         self.vocab_size = vocab_size or tokenizer.vocab_size
+        self.max_new_tokens = max_new_tokens  # the most a request may ask for (serve.max_new_tokens)
         super().__init__((host, port), _Handler)
 
     @property
@@ -62,7 +65,8 @@ class LMServer(ThreadingHTTPServer):
             params = SamplingParams(
                 temperature=float(request.get("temperature", DEFAULTS["temperature"])),
                 top_p=float(request.get("top_p", DEFAULTS["top_p"])),
-                max_new_tokens=int(request.get("max_new_tokens", DEFAULTS["max_new_tokens"])),
+                max_new_tokens=int(request.get("max_new_tokens",
+                                               min(DEFAULTS["max_new_tokens"], self.max_new_tokens))),
                 stop_ids=self.tokenizer.special.stop_ids,
                 seed=None if request.get("seed") is None else int(request["seed"]),
             )
@@ -70,6 +74,9 @@ class LMServer(ThreadingHTTPServer):
             raise BadRequest("temperature, top_p, max_new_tokens and seed must be numbers") from None
         if not (0 <= params.temperature <= 100 and 0 < params.top_p <= 1 and params.max_new_tokens > 0):
             raise BadRequest("temperature must be >= 0, top_p in (0, 1], max_new_tokens > 0")
+        if params.max_new_tokens > self.max_new_tokens:
+            raise BadRequest(f"max_new_tokens {params.max_new_tokens} is above this server's limit of "
+                             f"{self.max_new_tokens} (serve.max_new_tokens); ask for fewer")
         return ids, params
 
 
