@@ -78,7 +78,7 @@ def test_noise_starting_during_speech_does_not_hold_the_utterance_open():
     mixed[loud] += noise(mixed[loud].size / RATE, -25.0) * 32768
     ended, = utterances(find_utterances(np.clip(mixed, -32768, 32767).astype(np.int16), config))
     assert ended.reason == "silence"
-    assert ended.t <= true_end + config.trailing_ms / 1000 + 0.5
+    assert ended.t <= true_end + config.trailing_ms / 1000 + 0.6  # the noise floor adapts in about half a second
 
 
 def test_click_shorter_than_min_utterance_is_discarded():

@@ -201,6 +201,9 @@ class Player:
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status.output_underflow:
             self.device_underflows += 1
+        if not self._buffer.active:  # between replies: silence at the least cost per block
+            outdata.fill(0)
+            return
         delay = max(0.0, time_info.outputBufferDacTime - time_info.currentTime)
         outdata[:] = self._buffer.read(frames, time.monotonic() + delay)[:, None]  # same on every channel
 
