@@ -16,7 +16,7 @@ from scipy.signal import correlate
 from tests.support.pulse import SPEAKER_RATE
 from tests.support.speech import RATE, question
 from voicechat.audio.capture import Capture
-from voicechat.audio.events import DeviceFailed, Interrupted, SpeechStarted, UtteranceEnded
+from voicechat.audio.events import Interrupted, SpeechStarted, UtteranceEnded
 from voicechat.audio.listener import Listener
 from voicechat.audio.player import DECODER_RATE, Player
 from voicechat.audio.resample import resample

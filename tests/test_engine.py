@@ -11,8 +11,8 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-import yaml
 
+from tests.support.tiny_models import ScriptedFirstReply
 from voicechat.assemble import load_components
 from voicechat.config import Config
 from voicechat.engine import CollectingSpeaker, Components, Engine, EngineConfig, Settings, TurnInput
@@ -207,18 +207,8 @@ def test_failing_language_model_is_reported_and_the_next_turn_works(config: Conf
 
 
 @pytest.fixture(scope="module")
-def rag_config(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
-    from voicechat.cli import main
-
-    folder = tmp_path_factory.mktemp("rag")
-    config = dataclasses.replace(tiny_config, retrieval=dataclasses.replace(
-        tiny_config.retrieval, rag="e2e", index_dir=str(folder / "index"), knowledge_dir=str(REPO / "knowledge")))
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({**yaml.safe_load((Path(tiny_config.source)).read_text()),
-                                    "retrieval": {"index_dir": str(folder / "index"),
-                                                  "knowledge_dir": str(REPO / "knowledge")}}))
-    assert main(["--config", str(path), "index", str(REPO / "knowledge")]) == 0
-    return config
+def rag_config(tiny_rag_config: Config) -> Config:
+    return tiny_rag_config
 
 
 @pytest.fixture(scope="module")
@@ -227,29 +217,6 @@ def rag_parts(rag_config: Config) -> Iterator[Components]:
     loaded = load_components(config)  # fallback: the asr encoder too
     yield loaded
     loaded.close()
-
-
-class ScriptedFirstReply:
-    """Test double around the real backend: the first reply is scripted text (then speech
-    tokens), later replies come from the model."""
-
-    def __init__(self, parts: Components, text: str) -> None:
-        tokenizer = parts.text_tokenizer
-        self.script = tokenizer.encode(text) + tokenizer.audio_ids([1, 2, 3]) + [tokenizer.special.user]
-        self.real = parts.backend
-        self.calls = 0
-
-    def stream(self, prompt_ids, params, cancel):
-        self.calls += 1
-        if self.calls > 1:
-            yield from self.real.stream(prompt_ids, params, cancel)
-            return
-        for token in self.script:
-            if cancel.is_set():
-                return
-            yield token
-
-    def close(self) -> None: ...
 
 
 def test_spoken_question_retrieves_sources_that_go_into_the_prompt(rag_config: Config, rag_parts: Components) -> None:

@@ -251,19 +251,10 @@ def test_switching_to_an_unknown_voice_is_refused_with_one_line(config: Config, 
 
 
 @pytest.fixture(scope="module")
-def rag_config(config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
-    import yaml
-
-    from voicechat.cli import main
-
-    folder = tmp_path_factory.mktemp("rag")
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({**yaml.safe_load(Path(config.source).read_text()),
-                                    "retrieval": {"index_dir": str(folder / "index"),
-                                                  "knowledge_dir": str(REPO / "knowledge")}}))
-    assert main(["--config", str(path), "index", str(REPO / "knowledge")]) == 0
-    return dataclasses.replace(config, retrieval=dataclasses.replace(
-        config.retrieval, index_dir=str(folder / "index"), knowledge_dir=str(REPO / "knowledge")))
+def rag_config(tiny_rag_config: Config, config: Config) -> Config:
+    """The index of knowledge/, with retrieval off at the start."""
+    return dataclasses.replace(tiny_rag_config, retrieval=dataclasses.replace(tiny_rag_config.retrieval, rag="off"),
+                               sessions=config.sessions)
 
 
 def wait_for_settings(events: queue.Queue, rag: str) -> SettingsChanged:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import yaml
 
 from tests.support.speech import speak
+from tests.support.tiny_models import ScriptedFirstReply
 from voicechat.assemble import load_components
 from voicechat.config import Config
 from voicechat.engine import TurnInput
@@ -26,19 +26,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def config(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
+def config(tiny_rag_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
     """The tiny models with an index of knowledge/ on disk, and retrieval off at the start."""
-    from voicechat.cli import main
-
-    folder = tmp_path_factory.mktemp("live-tui")
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({**yaml.safe_load(Path(tiny_config.source).read_text()),
-                                    "retrieval": {"index_dir": str(folder / "index"),
-                                                  "knowledge_dir": str(REPO / "knowledge")}}))
-    assert main(["--config", str(path), "index", str(REPO / "knowledge")]) == 0
-    return dataclasses.replace(tiny_config, retrieval=dataclasses.replace(
-        tiny_config.retrieval, rag="off", index_dir=str(folder / "index"), knowledge_dir=str(REPO / "knowledge")),
-        sessions=dataclasses.replace(tiny_config.sessions, dir=str(folder / "sessions")))
+    sessions = tmp_path_factory.mktemp("live-tui-sessions")
+    return dataclasses.replace(tiny_rag_config, retrieval=dataclasses.replace(tiny_rag_config.retrieval, rag="off"),
+                               sessions=dataclasses.replace(tiny_rag_config.sessions, dir=str(sessions)))
 
 
 async def wait_for(pilot, condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
@@ -93,35 +85,13 @@ async def test_push_to_talk_with_nothing_said_returns_to_listening(config: Confi
         await pilot.press("q")
 
 
-class ScriptedFirstReply:
-    """Test double around the real backend: the first reply says it lacks information, later
-    replies come from the model."""
-
-    def __init__(self, parts) -> None:
-        tokenizer = parts.text_tokenizer
-        self.script = (tokenizer.encode("insufficient information") + tokenizer.audio_ids([1, 2, 3])
-                       + [tokenizer.special.user])
-        self.real = parts.backend
-        self.calls = 0
-
-    def stream(self, prompt_ids, params, cancel):
-        self.calls += 1
-        if self.calls > 1:
-            yield from self.real.stream(prompt_ids, params, cancel)
-            return
-        yield from (token for token in self.script if not cancel.is_set())
-
-    def close(self) -> None:
-        self.real.close()
-
-
 async def test_a_fallback_round_is_shown_discarded_and_screen_transcript_and_log_agree(config: Config) -> None:
     fallback = dataclasses.replace(config, retrieval=dataclasses.replace(config.retrieval, rag="e2e",
                                                                          two_round="fallback"))
 
     def load(cfg, progress=None, on_warning=None):
         parts = load_components(cfg, progress, on_warning)
-        return dataclasses.replace(parts, backend=ScriptedFirstReply(parts))
+        return dataclasses.replace(parts, backend=ScriptedFirstReply(parts, "insufficient information"))
 
     live = LiveConversation(fallback, save=True, load=load, use_audio=False)
     app = VoicechatApp(fallback, live)
