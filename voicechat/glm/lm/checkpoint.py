@@ -95,6 +95,15 @@ def glm_config(chatglm: dict[str, Any]) -> GlmConfig:
         raise ModelError(f"config.json lacks or has an invalid field {error}; is this GLM-4-Voice-9B?") from None
 
 
+def rope_settings(config: GlmConfig) -> tuple[float, float]:
+    """(rope theta, rotated fraction of each head). transformers 5 keeps both in
+    ``config.rope_parameters``; 4.x keeps them as attributes."""
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    fraction = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+    return float(theta), float(fraction)
+
+
 def expected_shapes(config: GlmConfig) -> dict[str, tuple[int, ...]]:
     """Every ChatGLM checkpoint name with its shape, derived from the config."""
     hidden, heads, groups, head_dim = (config.hidden_size, config.num_attention_heads,
@@ -102,7 +111,7 @@ def expected_shapes(config: GlmConfig) -> dict[str, tuple[int, ...]]:
     qkv = (heads + 2 * groups) * head_dim
     shapes = {
         "transformer.embedding.word_embeddings.weight": (config.vocab_size, hidden),
-        ROTARY_BUFFER: (int(head_dim * config.partial_rotary_factor) // 2,),
+        ROTARY_BUFFER: (int(head_dim * rope_settings(config)[1]) // 2,),
         "transformer.encoder.final_layernorm.weight": (hidden,),
         "transformer.output_layer.weight": (config.vocab_size, hidden),
     }
@@ -231,8 +240,9 @@ def _check_rotary(inv_freq: torch.Tensor, config: GlmConfig) -> None:
     """The stored rotary frequencies must be the ones the config's rope settings give."""
     import torch
 
-    rotary = int(config.head_dim * config.partial_rotary_factor)
-    ours = 1.0 / (config.rope_theta ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
+    theta, fraction = rope_settings(config)
+    rotary = int(config.head_dim * fraction)
+    ours = 1.0 / (theta ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
     if not torch.allclose(inv_freq.float(), ours, rtol=1e-2, atol=1e-6):
         raise ModelError("the checkpoint's rotary frequencies do not match its rope settings in config.json")
 
@@ -250,9 +260,11 @@ def _place(model: torch.nn.Module, name: str, tensor: torch.Tensor,
 
 def _rebuild_rotary(model: GlmForCausalLM, config: GlmConfig, device: torch.device) -> None:
     """The rotary buffers were created on the meta device; compute them for real."""
+    import torch
     from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-    model.model.rotary_emb = GlmRotaryEmbedding(config, device=device)
+    with torch.device(device):  # the `device` argument is deprecated in transformers 5
+        model.model.rotary_emb = GlmRotaryEmbedding(config)
     leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if leftover:
         raise ModelError(f"the checkpoint did not provide {leftover[0]}")
