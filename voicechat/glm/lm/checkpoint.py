@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from voicechat.errors import ModelError
 from voicechat.placement import resolve_device, resolve_dtype
@@ -200,19 +200,26 @@ def load_glm(path: Path, device: str = "auto", dtype: str = "auto", quantization
     device "auto" is the first GPU if there is one, else the CPU; dtype "auto" is bfloat16 on a
     GPU and float32 on the CPU; quantization "4bit" (NF4 through bitsandbytes) needs a GPU.
     """
+    config = glm_config(read_chatglm_config(path))
+    return build_glm(config, iter_checkpoint(path), device, dtype, quantization, source=f"the checkpoint in {path}")
+
+
+def build_glm(config: GlmConfig, tensors: Iterable[tuple[str, torch.Tensor]], device: str | torch.device = "auto",
+              dtype: str | torch.dtype = "auto", quantization: str = "none", source: str = "the checkpoint") -> LoadedLM:
+    """GlmForCausalLM from (ChatGLM name, tensor) pairs: built on the meta device, then each tensor is
+    checked, converted and placed on the target device one at a time."""
     import torch
     from transformers import GlmForCausalLM
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, gpu_default="bfloat16")
-    config = glm_config(read_chatglm_config(path))
     quantize = _quantizer(quantization, torch_device)
     with torch.device("meta"):
         model = GlmForCausalLM(config)
     model.eval()
     expected = expected_shapes(config)
     seen: set[str] = set()
-    for name, tensor in iter_checkpoint(path):
+    for name, tensor in tensors:
         _check(name, tensor, expected, seen)
         if name == ROTARY_BUFFER:
             _check_rotary(tensor, config)
@@ -221,7 +228,7 @@ def load_glm(path: Path, device: str = "auto", dtype: str = "auto", quantization
             _place(model, target, part.to(device=torch_device, dtype=torch_dtype), quantize)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise ModelError(f"the checkpoint in {path} lacks {len(missing)} tensors, e.g. {missing[0]}; it is incomplete")
+        raise ModelError(f"{source} lacks {len(missing)} tensors, e.g. {missing[0]}; it is incomplete")
     _rebuild_rotary(model, config, torch_device)
     return LoadedLM(model, torch_device, torch_dtype)
 
@@ -243,7 +250,7 @@ def _check_rotary(inv_freq: torch.Tensor, config: GlmConfig) -> None:
     theta, fraction = rope_settings(config)
     rotary = int(config.head_dim * fraction)
     ours = 1.0 / (theta ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
-    if not torch.allclose(inv_freq.float(), ours, rtol=1e-2, atol=1e-6):
+    if not torch.allclose(inv_freq.float().cpu(), ours, rtol=1e-2, atol=1e-6):
         raise ModelError("the checkpoint's rotary frequencies do not match its rope settings in config.json")
 
 
