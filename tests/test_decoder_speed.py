@@ -29,6 +29,7 @@ def test_cuda_graphs_for_the_flow_need_a_gpu() -> None:
         decoder.build("tiny", "cpu").use_cuda_graphs(True)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_graphed_flow_gives_the_eager_audio() -> None:
     speech_decoder = decoder.build("tiny", "cuda", "float32", seed=1)

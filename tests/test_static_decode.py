@@ -51,6 +51,7 @@ def test_graphed_steps_need_a_gpu(model) -> None:
         StaticDecoder(model, max_tokens=96, mode="cuda-graph")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["cuda-graph", "compile"])
 def test_graphed_steps_give_the_eager_static_logits(mode: str) -> None:
