@@ -39,7 +39,9 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+# the published configs, beside the checkout or inside it (absent: the generator's copies of them)
+REFERENCE = next((folder for folder in (REPO.parent / "shared" / "reference", REPO / "shared" / "reference")
+                  if folder.is_dir()), REPO.parent / "shared" / "reference")
 RATE = 16000
 TEXT_RUN, SPEECH_RUN = 13, 26  # the trained interleaving
 PASSAGES = 4
@@ -57,7 +59,8 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=300.0,
                         help="wall-clock budget: fewer turns, and later variants skipped, to stay within it")
     parser.add_argument("--reference", type=Path, default=REFERENCE,
-                        help="folder with the published configs (default: ../shared/reference if present)")
+                        help="folder with the published configs (default: shared/reference beside or "
+                             "inside the checkout, if present)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the JSON here, after every part of the run")
