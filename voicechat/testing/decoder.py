@@ -108,11 +108,12 @@ hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
 
 
 def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Fill every parameter from ``generator``: fan-in scaled weights, norms near one, small biases."""
+    """Fill every parameter from ``generator`` (drawn on the generator's device): fan-in scaled
+    weights, norms near one, small biases."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            noise = torch.randn(param.shape, generator=generator)
+            noise = torch.randn(param.shape, generator=generator, device=generator.device)
             if leaf == "weight_g":
                 continue  # set from weight_v below, so that the effective weight is weight_v
             if leaf == "alpha" or (param.dim() == 1 and leaf == "weight"):
@@ -128,19 +129,15 @@ def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
                 module.weight_g.copy_(v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1)))
 
 
-def write(out_dir: Path, size: str, seed: int) -> dict:
-    from voicechat.glm.decoder.config import load_decoder_config
+def random_models(files: Any, generator: torch.Generator) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Flow and HiFT for a decoder config, random, on the generator's device, float32."""
     from voicechat.glm.decoder.flow import MaskedDiffWithXvec
     from voicechat.glm.decoder.hift import HiFTGenerator
 
-    folder = Path(out_dir).resolve() / "glm-4-voice-decoder"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(config_text(size), encoding="utf-8")
-    files = load_decoder_config(folder / "config.yaml")
-    generator = torch.Generator().manual_seed(seed)
-    flow = MaskedDiffWithXvec(files.flow)
+    with torch.device(generator.device):
+        flow = MaskedDiffWithXvec(files.flow)
+        hift = HiFTGenerator(files.hift)
     randomise(flow, generator)
-    hift = HiFTGenerator(files.hift)
     randomise(hift, generator)
     with torch.no_grad():
         # F0 around 120 Hz: voiced frames, so the sine source matters
@@ -149,6 +146,41 @@ def write(out_dir: Path, size: str, seed: int) -> dict:
         # small iSTFT magnitudes, so that random audio stays below the clipping limit
         hift.conv_post.weight_g.mul_(0.1)
         hift.conv_post.bias[: files.hift.n_fft // 2 + 1].fill_(-1.0)
+    return flow.eval(), hift.eval()
+
+
+def build(size: str = "tiny", device: Any = "cpu", dtype: Any = "float32", seed: int = 0,
+          config: Path | None = None) -> Any:
+    """A SpeechDecoder with random weights built directly on ``device`` (nothing large is written):
+    from ``config`` (a published config.yaml) or this module's config of that size. The same seed
+    on the same device gives the same weights in every dtype."""
+    import tempfile
+
+    from voicechat.glm.decoder import SpeechDecoder
+    from voicechat.glm.decoder.config import load_decoder_config
+    from voicechat.placement import resolve_device, resolve_dtype
+
+    if config is None:
+        with tempfile.TemporaryDirectory() as scratch:
+            config = Path(scratch) / "config.yaml"
+            config.write_text(config_text(size), encoding="utf-8")
+            files = load_decoder_config(config)
+    else:
+        files = load_decoder_config(config)
+    where = resolve_device(device)
+    flow, hift = random_models(files, torch.Generator(device=where).manual_seed(seed))
+    precision = resolve_dtype(dtype, where)
+    return SpeechDecoder(files, flow.to(precision), hift.to(precision))
+
+
+def write(out_dir: Path, size: str, seed: int) -> dict:
+    from voicechat.glm.decoder.config import load_decoder_config
+
+    folder = Path(out_dir).resolve() / "glm-4-voice-decoder"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(config_text(size), encoding="utf-8")
+    files = load_decoder_config(folder / "config.yaml")
+    flow, hift = random_models(files, torch.Generator().manual_seed(seed))
     torch.save(flow.state_dict(), folder / "flow.pt")
     torch.save(hift.state_dict(), folder / "hift.pt")
     return {"models": {"decoder": {"source": str(folder)}}}

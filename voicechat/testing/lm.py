@@ -74,9 +74,37 @@ def write(out_dir: Path, size: str = "tiny", seed: int = 0) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     ranks = _bpe_vocabulary(shape.ranks, generator)
     _write_tokenizer(folder, ranks)
-    _write_config(folder, shape, _added_tokens(len(ranks)))
+    if len(ranks) != shape.ranks:
+        raise ValueError("the BPE vocabulary did not reach its size")
+    (folder / "config.json").write_text(json.dumps(chatglm_config(shape), indent=2), encoding="utf-8")
     _write_shards(folder, shape, generator)
     return {"models": {"lm": {"source": str(folder.resolve()), "dtype": "bfloat16" if size == "full" else "float32"}}}
+
+
+def write_tokenizer(folder: Path, size: str = "tiny", seed: int = 0) -> None:
+    """Only the tokenizer files ``write`` writes (the same vocabulary for the same seed), for
+    benchmarks that build the model itself in memory with ``build``."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer(folder, _bpe_vocabulary(SHAPES[size].ranks, torch.Generator().manual_seed(seed)))
+
+
+def build(size: str = "tiny", device: Any = "cpu", dtype: Any = "float32", quantization: str = "none",
+          seed: int = 0) -> Any:
+    """The model ``write`` would put on disk, built directly on ``device`` (a LoadedLM): the same
+    ChatGLM config and tensor names, through the loader's own conversion and placement, with the
+    random tensors drawn on the device. Nothing is written; the same seed gives the same weights."""
+    import torch
+
+    from voicechat.glm.lm.checkpoint import build_glm, glm_config
+    from voicechat.placement import resolve_device
+
+    shape = SHAPES[size]
+    generator = torch.Generator(device=resolve_device(device)).manual_seed(seed)
+    tensors = ((name, _random_tensor(name, dims, generator)) for name, dims in checkpoint_shapes(shape))
+    return build_glm(glm_config(chatglm_config(shape)), tensors, device, dtype, quantization,
+                     source=f"the random {size} model")
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -156,12 +184,14 @@ def _write_tokenizer(folder: Path, ranks: list[bytes]) -> None:
 # --- model ------------------------------------------------------------------------------------
 
 
-def _write_config(folder: Path, shape: LMShape, added: dict[int, str]) -> None:
+def chatglm_config(shape: LMShape) -> dict[str, Any]:
+    """config.json as the published folder has it (ChatGLM field names), for this shape."""
+    added = _added_tokens(shape.ranks)
     ids = {name: i for i, name in added.items()}
     eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
     if max(added) >= shape.padded_vocab:
         raise ValueError("the padded vocabulary is too small for the added tokens")
-    config = {
+    return {
         "_name_or_path": "THUDM/glm-4-voice-9b",
         "add_bias_linear": False,
         "add_qkv_bias": True,
@@ -201,7 +231,6 @@ def _write_config(folder: Path, shape: LMShape, added: dict[int, str]) -> None:
         "use_cache": True,
         "vocab_size": shape.padded_vocab,
     }
-    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def checkpoint_shapes(shape: LMShape) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -227,8 +256,10 @@ def _random_tensor(name: str, size: tuple[int, ...], generator: Any) -> Any:
 
     if name.endswith("inv_freq"):
         rotary = 2 * size[0]  # ChatGLM rotates half of each head: inv_freq over that half
-        return (1.0 / (10000.0 ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))).to(torch.bfloat16)
-    noise = torch.randn(size, generator=generator, dtype=torch.bfloat16)  # no float32 copy in memory
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
+        return inv_freq.to(device=generator.device, dtype=torch.bfloat16)
+    # drawn where the generator lives, in bf16: no float32 copy in memory
+    noise = torch.randn(size, generator=generator, dtype=torch.bfloat16, device=generator.device)
     if name.endswith("layernorm.weight"):
         return noise.mul_(0.1).add_(1.0)
     return noise.mul_(0.02 if name.endswith("weight") else 0.1)

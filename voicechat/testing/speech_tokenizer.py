@@ -112,9 +112,32 @@ PREPROCESSOR_CONFIG: dict = {
 def write(out_dir: Path, size: str, seed: int) -> dict:
     folder = Path(out_dir) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    config = {**FULL_CONFIG, **(TINY_CHANGES if size == "tiny" else {})}
-    write_checkpoint(folder, config, seed)
+    write_checkpoint(folder, config_for(size), seed)
     return {"models": {"speech_tokenizer": {"source": str(folder.resolve())}}}
+
+
+def config_for(size: str) -> dict:
+    return {**FULL_CONFIG, **(TINY_CHANGES if size == "tiny" else {})}
+
+
+def build(size: str = "tiny", device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+          seed: int = 0, config: dict | None = None):
+    """A SpeechTokenizer with random weights drawn directly on ``device`` (as ``write`` draws them),
+    from ``config`` (a config.json mapping) or the published config of that size; nothing is written."""
+    from transformers import WhisperFeatureExtractor
+
+    from voicechat.glm.speech_tokenizer import SpeechTokenizer
+    from voicechat.placement import resolve_device, resolve_dtype
+
+    config = config or config_for(size)
+    where = resolve_device(device)
+    with torch.device("meta"):
+        model = WhisperVQEncoder(WhisperVQConfig.from_dict(config))
+    model.load_state_dict(random_state_dict(model.config, seed, where), strict=True, assign=True)
+    model.to(dtype=resolve_dtype(dtype, where)).eval()
+    model.codebook.float()  # as SpeechTokenizer.from_pretrained: the nearest-code search stays in float32
+    extractor = WhisperFeatureExtractor(**{**PREPROCESSOR_CONFIG, "feature_size": config["num_mel_bins"]})
+    return SpeechTokenizer(model, extractor)
 
 
 def write_checkpoint(folder: Path, config: dict, seed: int) -> None:
@@ -129,22 +152,22 @@ def write_checkpoint(folder: Path, config: dict, seed: int) -> None:
     part.replace(folder / "model.safetensors")
 
 
-def random_state_dict(config: WhisperVQConfig, seed: int) -> dict[str, torch.Tensor]:
+def random_state_dict(config: WhisperVQConfig, seed: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Every tensor of the published layout, drawn so that the tokens follow the audio: unit-gain
     weights, sinusoidal positions (the reference's initialisation), non-trivial norms and biases, and
     a codebook spread around the states that synthetic speech produces at the quantiser (a codebook
     drawn blindly would let a handful of codes near the states' common offset win everywhere)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in WhisperVQEncoder(config).state_dict().items()}
 
     def normal(shape: tuple[int, ...], std: float, mean: float = 0.0) -> torch.Tensor:
-        return torch.randn(shape, generator=generator) * std + mean
+        return torch.randn(shape, generator=generator, device=generator.device) * std + mean
 
     state: dict[str, torch.Tensor] = {}
     for name, shape in shapes.items():
         if name == "embed_positions.weight":
-            state[name] = sinusoids(*shape)
+            state[name] = sinusoids(*shape).to(generator.device)
         elif "layer_norm" in name:
             state[name] = normal(shape, 0.1, 1.0 if name.endswith("weight") else 0.0)
         elif name.endswith("bias"):
@@ -155,7 +178,7 @@ def random_state_dict(config: WhisperVQConfig, seed: int) -> dict[str, torch.Ten
             state[name] = normal(shape, 0.02)
     state["codebook.weight"] = _codebook_around_states(config, state, generator)
     if "ema_count" in shapes:
-        state["ema_count"] = torch.ones(shapes["ema_count"])
+        state["ema_count"] = torch.ones(shapes["ema_count"], device=generator.device)
         state["ema_weight"] = state["codebook.weight"].clone()
     return state
 
@@ -173,11 +196,12 @@ def _codebook_around_states(config: WhisperVQConfig, state: dict[str, torch.Tens
     audio = synthetic_speech(4.0, extractor.sampling_rate)
     features = extractor(audio, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_features"]
     frames = min(features.shape[-1], model.max_frames)
+    where = generator.device
     with torch.inference_mode():
-        states, _ = model.hidden_states(features[..., :frames], torch.ones(1, frames, dtype=torch.bool))
+        states, _ = model.hidden_states(features[..., :frames].to(where), torch.ones(1, frames, dtype=torch.bool, device=where))
     states = states.reshape(-1, config.d_model)
     mean, spread = states.mean(dim=0), states.std(dim=0)
-    return mean + 0.25 * spread * torch.randn(tuple(state["codebook.weight"].shape), generator=generator)
+    return mean + 0.25 * spread * torch.randn(tuple(state["codebook.weight"].shape), generator=generator, device=where)
 
 
 def synthetic_speech(seconds: float, rate: int) -> np.ndarray:

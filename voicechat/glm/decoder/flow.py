@@ -332,6 +332,7 @@ class ConditionalCFM(nn.Module):
         self.n_timesteps = config.n_timesteps
         self.cfg_rate = config.inference_cfg_rate
         self.estimator = ConditionalDecoder(config.estimator)
+        self.graphs = None  # a GraphedEstimator replays the estimator as CUDA graphs (see graphs.py)
 
     def forward(self, noise: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
                 cancel: threading.Event | None = None) -> torch.Tensor:
@@ -340,6 +341,7 @@ class ConditionalCFM(nn.Module):
         x = noise
         t, dt = t_span[0], t_span[1] - t_span[0]
         guided = self.cfg_rate > 0
+        estimator = self.graphs if self.graphs is not None else self.estimator
         if guided:  # conditional and unconditional velocities in one batch of two
             mu = torch.cat([mu, torch.zeros_like(mu)])
             spks = torch.cat([spks, torch.zeros_like(spks)])
@@ -348,10 +350,10 @@ class ConditionalCFM(nn.Module):
             if cancel is not None and cancel.is_set():
                 raise DecodingCancelled
             if guided:
-                velocity, unconditional = self.estimator(torch.cat([x, x]), mu, t, spks, cond).chunk(2)
+                velocity, unconditional = estimator(torch.cat([x, x]), mu, t, spks, cond).chunk(2)
                 velocity = (1.0 + self.cfg_rate) * velocity - self.cfg_rate * unconditional
             else:
-                velocity = self.estimator(x, mu, t, spks, cond)
+                velocity = estimator(x, mu, t, spks, cond)
             x = x + dt * velocity
             t = t + dt
             if step < len(t_span) - 1:

@@ -122,6 +122,27 @@ class SpeechDecoder:
         audio, _ = self.vocode(mel, f0, 0.0, phases, noise.sine(0, mel.shape[-1] * self.samples_per_frame))
         return audio[0].cpu().numpy()
 
+    # --- speed -------------------------------------------------------------------------------------
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay the flow's velocity estimator as CUDA graphs, one per chunk shape (CUDA only)."""
+        from voicechat.glm.decoder.graphs import GraphedEstimator
+
+        self.flow.decoder.graphs = GraphedEstimator(self.flow.decoder.estimator) if enabled else None
+
+    def warm_up(self, config: DecoderConfig = DecoderConfig()) -> None:
+        """Decode a short reply through a session, so that the first real reply pays no one-off
+        costs (kernel loading, workspaces). With CUDA graphs the reply is long enough to capture
+        the shapes every reply's chunks have, and no more shapes are captured after it."""
+        graphs = self.flow.decoder.graphs
+        schedule = config.chunk_schedule
+        # the first chunk, one with context; with graphs every steady chunk shape (two or three)
+        count = sum(schedule) + 5 * schedule[-1] if graphs is not None else sum(schedule[:2])
+        with self.session(config) as session:
+            session.push([(7 * n) % self.files.flow.vocab_size for n in range(count)])
+        if graphs is not None:
+            graphs.freeze()
+
     def session(self, config: DecoderConfig = DecoderConfig(), cancel: threading.Event | None = None):
         """A streaming session for one reply; see DecoderSession."""
         from voicechat.glm.decoder.session import DecoderSession

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from voicechat.errors import ModelError
 from voicechat.placement import resolve_device, resolve_dtype
@@ -95,6 +95,15 @@ def glm_config(chatglm: dict[str, Any]) -> GlmConfig:
         raise ModelError(f"config.json lacks or has an invalid field {error}; is this GLM-4-Voice-9B?") from None
 
 
+def rope_settings(config: GlmConfig) -> tuple[float, float]:
+    """(rope theta, rotated fraction of each head). transformers 5 keeps both in
+    ``config.rope_parameters``; 4.x keeps them as attributes."""
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    fraction = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+    return float(theta), float(fraction)
+
+
 def expected_shapes(config: GlmConfig) -> dict[str, tuple[int, ...]]:
     """Every ChatGLM checkpoint name with its shape, derived from the config."""
     hidden, heads, groups, head_dim = (config.hidden_size, config.num_attention_heads,
@@ -102,7 +111,7 @@ def expected_shapes(config: GlmConfig) -> dict[str, tuple[int, ...]]:
     qkv = (heads + 2 * groups) * head_dim
     shapes = {
         "transformer.embedding.word_embeddings.weight": (config.vocab_size, hidden),
-        ROTARY_BUFFER: (int(head_dim * config.partial_rotary_factor) // 2,),
+        ROTARY_BUFFER: (int(head_dim * rope_settings(config)[1]) // 2,),
         "transformer.encoder.final_layernorm.weight": (hidden,),
         "transformer.output_layer.weight": (config.vocab_size, hidden),
     }
@@ -191,19 +200,26 @@ def load_glm(path: Path, device: str = "auto", dtype: str = "auto", quantization
     device "auto" is the first GPU if there is one, else the CPU; dtype "auto" is bfloat16 on a
     GPU and float32 on the CPU; quantization "4bit" (NF4 through bitsandbytes) needs a GPU.
     """
+    config = glm_config(read_chatglm_config(path))
+    return build_glm(config, iter_checkpoint(path), device, dtype, quantization, source=f"the checkpoint in {path}")
+
+
+def build_glm(config: GlmConfig, tensors: Iterable[tuple[str, torch.Tensor]], device: str | torch.device = "auto",
+              dtype: str | torch.dtype = "auto", quantization: str = "none", source: str = "the checkpoint") -> LoadedLM:
+    """GlmForCausalLM from (ChatGLM name, tensor) pairs: built on the meta device, then each tensor is
+    checked, converted and placed on the target device one at a time."""
     import torch
     from transformers import GlmForCausalLM
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, gpu_default="bfloat16")
-    config = glm_config(read_chatglm_config(path))
     quantize = _quantizer(quantization, torch_device)
     with torch.device("meta"):
         model = GlmForCausalLM(config)
     model.eval()
     expected = expected_shapes(config)
     seen: set[str] = set()
-    for name, tensor in iter_checkpoint(path):
+    for name, tensor in tensors:
         _check(name, tensor, expected, seen)
         if name == ROTARY_BUFFER:
             _check_rotary(tensor, config)
@@ -212,7 +228,7 @@ def load_glm(path: Path, device: str = "auto", dtype: str = "auto", quantization
             _place(model, target, part.to(device=torch_device, dtype=torch_dtype), quantize)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise ModelError(f"the checkpoint in {path} lacks {len(missing)} tensors, e.g. {missing[0]}; it is incomplete")
+        raise ModelError(f"{source} lacks {len(missing)} tensors, e.g. {missing[0]}; it is incomplete")
     _rebuild_rotary(model, config, torch_device)
     return LoadedLM(model, torch_device, torch_dtype)
 
@@ -231,9 +247,10 @@ def _check_rotary(inv_freq: torch.Tensor, config: GlmConfig) -> None:
     """The stored rotary frequencies must be the ones the config's rope settings give."""
     import torch
 
-    rotary = int(config.head_dim * config.partial_rotary_factor)
-    ours = 1.0 / (config.rope_theta ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
-    if not torch.allclose(inv_freq.float(), ours, rtol=1e-2, atol=1e-6):
+    theta, fraction = rope_settings(config)
+    rotary = int(config.head_dim * fraction)
+    ours = 1.0 / (theta ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
+    if not torch.allclose(inv_freq.float().cpu(), ours, rtol=1e-2, atol=1e-6):
         raise ModelError("the checkpoint's rotary frequencies do not match its rope settings in config.json")
 
 
@@ -250,9 +267,11 @@ def _place(model: torch.nn.Module, name: str, tensor: torch.Tensor,
 
 def _rebuild_rotary(model: GlmForCausalLM, config: GlmConfig, device: torch.device) -> None:
     """The rotary buffers were created on the meta device; compute them for real."""
+    import torch
     from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-    model.model.rotary_emb = GlmRotaryEmbedding(config, device=device)
+    with torch.device(device):  # the `device` argument is deprecated in transformers 5
+        model.model.rotary_emb = GlmRotaryEmbedding(config)
     leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if leftover:
         raise ModelError(f"the checkpoint did not provide {leftover[0]}")
