@@ -7,13 +7,11 @@ from pathlib import Path
 
 import torch
 
-from tests.support.decoder import tiny_decoder_folder  # noqa: F401  (fixture)
-from tests.support.lm import tiny_lm  # noqa: F401  (fixture)
 from voicechat.glm.lm.checkpoint import load_glm
 from voicechat.testing import decoder, lm, speech_tokenizer
 
 
-def test_lm_built_in_memory_has_the_layout_the_loader_gives_the_written_checkpoint(tiny_lm: Path) -> None:  # noqa: F811
+def test_lm_built_in_memory_has_the_layout_the_loader_gives_the_written_checkpoint(tiny_lm: Path) -> None:
     built = lm.build("tiny", "cpu", "float32").model.state_dict()
     loaded = load_glm(tiny_lm, device="cpu", dtype="float32").model.state_dict()
     assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in loaded.items()}
@@ -33,7 +31,7 @@ def test_full_size_lm_config_has_every_published_field(shared_reference: Path) -
     assert {key: ours.get(key) for key in published} == published
 
 
-def test_decoder_built_in_memory_is_the_written_one(tiny_decoder_folder: Path) -> None:  # noqa: F811
+def test_decoder_built_in_memory_is_the_written_one(tiny_decoder_folder: Path) -> None:
     from voicechat.glm.decoder import SpeechDecoder
 
     written = SpeechDecoder.from_pretrained(tiny_decoder_folder, device="cpu")
