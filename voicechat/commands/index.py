@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 HELP = "build or update the search index of a knowledge folder"
 
@@ -105,7 +107,8 @@ def print_stats(stats: dict[str, Any], as_json: bool) -> None:
 
 
 class ProgressReporter:
-    """Warnings for skipped files, and a progress bar (files, chunks, chunks/s, ETA) on stderr."""
+    """Warnings for skipped files, a spinner while a model loads, and a progress bar (files,
+    chunks, chunks/s, ETA) on stderr; plain lines in logs and pipes."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -129,6 +132,23 @@ class ProgressReporter:
 
     def note(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]", highlight=False)
+
+    @contextmanager
+    def loading(self, what: str) -> Iterator[None]:
+        """Loading a model takes seconds, minutes on a busy machine: a terminal shows a spinner
+        with the time so far, a log gets a line before and after."""
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        began = time.monotonic()
+        if self.console.is_terminal:
+            with Progress(SpinnerColumn(), TextColumn(f"loading {what}"), TimeElapsedColumn(),
+                          console=self.console, transient=True) as spinner:
+                spinner.add_task("load", total=None)
+                yield
+        else:
+            self.note(f"loading {what}")
+            yield
+        self.note(f"loaded {what} in {time.monotonic() - began:.1f} s")
 
     def skipped(self, path: str, reason: str) -> None:
         self.console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, markup=True)

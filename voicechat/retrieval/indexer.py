@@ -10,6 +10,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -51,6 +52,7 @@ class Reporter(Protocol):
     """What the indexer tells its user; the CLI draws a progress bar from it."""
 
     def note(self, message: str) -> None: ...
+    def loading(self, what: str) -> AbstractContextManager[None]: ...
     def skipped(self, path: str, reason: str) -> None: ...
     def planned(self, files: int, chunks: int) -> None: ...
     def embedded(self, chunks: int) -> None: ...
@@ -59,6 +61,7 @@ class Reporter(Protocol):
 
 class SilentReporter:
     def note(self, message: str) -> None: pass
+    def loading(self, what: str) -> AbstractContextManager[None]: return nullcontext()
     def skipped(self, path: str, reason: str) -> None: pass
     def planned(self, files: int, chunks: int) -> None: pass
     def embedded(self, chunks: int) -> None: pass
@@ -220,6 +223,7 @@ class Indexer:
         if not pending:
             return
         total = sum(len(p.chunks) for p in pending)
+        self.encoder()  # loaded before the progress bar starts, which would stand still meanwhile
         self.reporter.planned(len(pending), total)
         group: list[_Pending] = []
         size = 0
@@ -235,7 +239,7 @@ class Indexer:
     def _commit_group(self, store: Store, group: list[_Pending], report: UpdateReport) -> None:
         texts = [c.text for item in group for c in item.chunks]
         langs = [lang for item in group for lang in item.langs]
-        vectors = self.encoder.embed(texts, langs, progress=self.reporter.embedded)
+        vectors = self.encoder().embed(texts, langs, progress=self.reporter.embedded)
         with store.transaction():
             offset = 0
             for item in group:
@@ -248,11 +252,10 @@ class Indexer:
         for item in group:
             self.reporter.file_done(item.path)
 
-    @property
     def encoder(self) -> EmbeddingEncoder:
         if self._encoder is None:
-            self.reporter.note("loading the text encoder")
-            self._encoder = self._load_encoder()
+            with self.reporter.loading("the text encoder"):
+                self._encoder = self._load_encoder()
         return self._encoder
 
     def _export_if_needed(self, store: Store, report: UpdateReport) -> None:
