@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,239 @@ def test_threads_from_the_config_and_a_bad_thread_count(capsys, config_file, mon
         main(["--threads", "0", "index"])
     assert exit_.value.code == 2
     assert "argument --threads: expected a number of threads, 1 or more, got '0'" in capsys.readouterr().err
+
+
+# --- one index folder, two knowledge folders ---------------------------------------------------------
+
+
+def doctor_index_check(capsys, config_file: Path, *flags: str) -> tuple[int, dict]:
+    code, out, _ = run(capsys, "--config", str(config_file), "doctor", "--json", *flags)
+    (check,) = [c for c in json.loads(out) if c["area"] == "knowledge index"]
+    return code, check
+
+
+@pytest.fixture
+def two_folders(tmp_path: Path, config_file: Path, knowledge: Path) -> tuple[Path, Path, Path]:
+    """Folders A (the sample notes) and B (one note about tea) with one shared index folder."""
+    tea = tmp_path / "tea"
+    tea.mkdir()
+    (tea / "tea.txt").write_text("Assam tea is a black tea from India. It is strong and malty.\n")
+    data = yaml.safe_load(config_file.read_text())
+    data["retrieval"]["index_dir"] = "shared-index"  # relative to the config file
+    config_file.write_text(yaml.safe_dump(data))
+    return knowledge.resolve(), tea.resolve(), tmp_path / "shared-index"
+
+
+def other_folder_line(index_dir: Path, built_for: Path, wanted: Path) -> str:
+    return (f"{index_dir} holds the index of {built_for}, not of {wanted}; run `voicechat index {wanted} --rebuild` "
+            "to replace it, or give each folder its own retrieval.index_dir")
+
+
+@pytest.mark.parametrize("argv", [
+    ["index", "{B}"],
+    ["index", "{B}", "--stats"],
+    ["search", "Assam tea", "--knowledge", "{B}"],
+    ["search", "Assam tea", "--knowledge", "{B}", "--mode", "text"],
+])
+def test_an_index_built_for_one_folder_is_refused_for_another(capsys, config_file, two_folders, argv):
+    folder_a, folder_b, index_dir = two_folders
+    code, _, err = run(capsys, "--config", str(config_file), "index", str(folder_a))
+    assert code == 0, err
+    before = snapshot(index_dir)
+    code, out, err = run(capsys, "--config", str(config_file), *[a.format(B=folder_b) for a in argv])
+    assert code == 2 and out == ""
+    assert error_lines(err) == [f"voicechat: error: {other_folder_line(index_dir, folder_a, folder_b)}"]
+    assert snapshot(index_dir) == before
+
+
+def test_doctor_and_retrieval_refuse_another_folders_index_and_rebuild_replaces_it(capsys, config_file,
+                                                                                  two_folders):
+    from voicechat.config import load_config
+    from voicechat.errors import KnowledgeIndexError
+    from voicechat.retrieval.retriever import load_retriever
+
+    folder_a, folder_b, index_dir = two_folders
+    run(capsys, "--config", str(config_file), "index", str(folder_a))
+    code, check = doctor_index_check(capsys, config_file, "--knowledge", str(folder_b))
+    assert code != 0 and not check["ok"]
+    assert check["detail"] == other_folder_line(index_dir, folder_a, folder_b)
+    code, check = doctor_index_check(capsys, config_file, "--knowledge", str(folder_a))
+    assert check["ok"] and check["detail"].startswith("8 files")
+    config = load_config(config_file)
+    with pytest.raises(KnowledgeIndexError) as refused:  # what ask and chat open
+        load_retriever(config, {"text"}, knowledge_dir=str(folder_b))
+    assert str(refused.value) == other_folder_line(index_dir, folder_a, folder_b)
+
+    code, out, err = run(capsys, "--config", str(config_file), "index", str(folder_b), "--rebuild")
+    assert code == 0, err
+    assert "1 files, 1 chunks (1 added" in out
+    code, check = doctor_index_check(capsys, config_file, "--knowledge", str(folder_a))
+    assert check["detail"] == other_folder_line(index_dir, folder_b, folder_a)
+    code, out, err = run(capsys, "--config", str(config_file), "search", "Assam tea", "--knowledge", str(folder_b),
+                         "--json")
+    assert code == 0, err
+    assert {hit["file"] for hit in json.loads(out)["hits"]} == {"tea.txt"}
+
+
+def test_a_folder_moved_with_its_index_inside_keeps_it_without_reembedding(capsys, config_file, knowledge,
+                                                                          tmp_path):
+    run(capsys, "--config", str(config_file), "index", str(knowledge))
+    moved = tmp_path / "moved-notes"
+    knowledge.rename(moved)
+    code, out, err = run(capsys, "--config", str(config_file), "search", "Jupiter", "--knowledge", str(moved),
+                         "-k", "1")
+    assert code == 0, err
+    code, out, err = run(capsys, "--config", str(config_file), "index", str(moved))
+    assert code == 0, err
+    assert f"the knowledge folder moved here from {knowledge.resolve()}" in err
+    assert "(no changes)" in out and "loading the text encoder" not in err
+    manifest = json.loads((moved / ".voicechat-index" / "manifest.json").read_text())
+    assert manifest["knowledge_dir"] == str(moved.resolve())
+
+
+def downgrade_to_format_1(index_dir: Path) -> None:
+    """The manifest as the previous version wrote it: no whole-file checksums; and, as a
+    hand-made or damaged record might be, no knowledge folder."""
+    path = index_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 1
+    manifest.pop("knowledge_dir")
+    for record in manifest["artifacts"].values():
+        record.pop("sha256")
+    path.write_text(json.dumps(manifest))
+
+
+def test_an_index_of_the_previous_format_is_searched_and_upgraded_without_the_encoder(capsys, config_file,
+                                                                                    knowledge):
+    run(capsys, "--config", str(config_file), "index", str(knowledge))
+    index_dir = knowledge / ".voicechat-index"
+    downgrade_to_format_1(index_dir)
+    code, _, err = run(capsys, "--config", str(config_file), "search", "Jupiter", "-k", "1")
+    assert code == 0, err
+    code, check = doctor_index_check(capsys, config_file)
+    assert check["ok"] and "written by an earlier version (format 1)" in check["detail"]
+    code, out, err = run(capsys, "--config", str(config_file), "index")
+    assert code == 0, err
+    assert "(no changes)" in out and "loading the text encoder" not in err
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["knowledge_dir"] == str(knowledge.resolve())
+    assert all("sha256" in record for record in manifest["artifacts"].values())
+
+
+def test_a_previous_format_index_without_its_folder_is_still_refused_by_the_store_record(capsys, config_file,
+                                                                                       two_folders):
+    folder_a, folder_b, index_dir = two_folders
+    run(capsys, "--config", str(config_file), "index", str(folder_a))
+    downgrade_to_format_1(index_dir)
+    code, _, err = run(capsys, "--config", str(config_file), "search", "tea", "--knowledge", str(folder_b))
+    assert code == 2
+    assert error_lines(err) == [f"voicechat: error: {other_folder_line(index_dir, folder_a, folder_b)}"]
+
+
+# --- damaged files ----------------------------------------------------------------------------------
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def stored_chunks(index_dir: Path) -> list[tuple]:
+    db = sqlite3.connect(index_dir / "store.sqlite")
+    try:
+        return db.execute("SELECT id, file, text, vector, live FROM chunks ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("name, damage, what", [
+    ("embeddings.npy", flip_bytes, "the file has changed since it was written (its checksum differs)"),
+    ("ids.npy", flip_bytes, "the file has changed since it was written (its checksum differs)"),
+    ("vectors.faiss", flip_bytes, "the file has changed since it was written (its checksum differs)"),
+    ("embeddings.npy", truncate, "the file is truncated"),
+    ("vectors.faiss", Path.unlink, "the file is missing"),
+])
+def test_a_damaged_search_file_is_found_by_search_doctor_and_index_and_repaired_from_the_store(
+        capsys, config_file, knowledge, name, damage, what):
+    run(capsys, "--config", str(config_file), "index")
+    index_dir = knowledge / ".voicechat-index"
+    chunks_before = stored_chunks(index_dir)
+    damage(index_dir / name)
+    folder = knowledge.resolve()
+
+    code, out, err = run(capsys, "--config", str(config_file), "search", "Jupiter")
+    assert code == 2 and out == ""
+    assert error_lines(err) == [
+        f"voicechat: error: {index_dir / name}: the knowledge index is corrupt ({what}); repair it with "
+        f"`voicechat index {folder}` (rewrites the search files from the index store, re-embeds nothing)"]
+    code, check = doctor_index_check(capsys, config_file)
+    assert code != 0 and not check["ok"]
+    assert check["detail"] == f"{index_dir}/{name}: {what}"
+    assert check["fix"] == (f"run `voicechat index {folder}` (rewrites the search files from the index store; "
+                            "nothing is re-embedded)")
+
+    code, out, err = run(capsys, "--config", str(config_file), "index")
+    assert code == 0, err
+    assert f"repairing the search files from the index store: {name}: {what}" in err
+    assert "loading the text encoder" not in err
+    assert "(no changes); damaged search files rewritten from the index store; flat index" in out
+    assert stored_chunks(index_dir) == chunks_before  # the source of truth is untouched
+    code, out, err = run(capsys, "--config", str(config_file), "search", "Jupiter", "--json")
+    assert code == 0, err
+    code, check = doctor_index_check(capsys, config_file)
+    assert check["ok"]
+    code, out, _ = run(capsys, "--config", str(config_file), "index")
+    assert "(no changes); flat index" in out  # no loop: repaired once
+
+
+def damage_store(path: Path) -> None:
+    """Turn the root page of one of the store's indexes into a table page: SQLite's check finds it."""
+    db = sqlite3.connect(path)
+    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'chunks_file'").fetchone()
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page_size] = 0x0D
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [damage_store, lambda path: path.write_bytes(b"garbage" * 1000)])
+def test_a_damaged_store_is_not_repaired_silently_index_and_doctor_say_rebuild(capsys, config_file, knowledge,
+                                                                             damage):
+    run(capsys, "--config", str(config_file), "index")
+    index_dir = knowledge / ".voicechat-index"
+    damage(index_dir / "store.sqlite")
+    flip_bytes(index_dir / "embeddings.npy")
+    before = snapshot(index_dir)
+    code, out, err = run(capsys, "--config", str(config_file), "index")
+    assert code == 2 and out == ""
+    (line,) = error_lines(err)
+    assert line.startswith(f"voicechat: error: {index_dir / 'store.sqlite'}: the knowledge index is corrupt (")
+    assert line.endswith(f"); rebuild it with `voicechat index {knowledge.resolve()} --rebuild`")
+    assert snapshot(index_dir) == before
+    code, check = doctor_index_check(capsys, config_file)
+    assert not check["ok"] and f"voicechat: error: {check['detail']}" == line
+    assert snapshot(index_dir) == before
+    code, out, err = run(capsys, "--config", str(config_file), "index", "--rebuild")
+    assert code == 0, err
+    assert "8 added" in out
+    code, check = doctor_index_check(capsys, config_file)
+    assert check["ok"]
+
+
+def test_a_change_in_the_middle_of_a_large_search_file_is_found_by_the_whole_file_checksum(tmp_path):
+    from voicechat.retrieval.manifest import check_artifacts, file_checksums, verify_artifacts
+
+    path = tmp_path / "embeddings.npy"
+    path.write_bytes(bytes(5 << 20))
+    manifest = {"artifacts": {"embeddings.npy": file_checksums(path)}}
+    flip_bytes(path)
+    check_artifacts(tmp_path, manifest)  # the quick check at every opening reads the ends only
+    assert verify_artifacts(tmp_path, manifest, ("embeddings.npy",)) == (
+        "embeddings.npy: the file has changed since it was written (its checksum differs)")

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, config: Any) -> int:
 
     knowledge, index_dir = index_location(config.retrieval, config.resolve_path, args.dir)
     if args.stats:
-        index = KnowledgeIndex.open(index_dir)
+        index = KnowledgeIndex.open(index_dir, knowledge)
         try:
             print_stats(index.stats(), args.json)
         finally:
@@ -49,15 +49,20 @@ def run(args: argparse.Namespace, config: Any) -> int:
 
 
 def build(config: Any, knowledge, index_dir, rebuild: bool, index_type: str, reporter=None):
+    return indexer_for(config, knowledge, index_dir, index_type, reporter).update(rebuild=rebuild)
+
+
+def indexer_for(config: Any, knowledge, index_dir, index_type: str, reporter=None):
+    """The indexer of ``knowledge`` with the configured encoder and chunking; the encoder is loaded
+    only if something is to be embedded."""
     from voicechat.retrieval import sonar_spec
     from voicechat.retrieval.encoders import SonarTextEncoder, encoder_identity
     from voicechat.retrieval.indexer import Indexer, Settings
 
     spec = sonar_spec(config.models.sonar_text, config.resolve_path)
     settings = Settings(encoder_identity(spec), config.retrieval.languages, config.retrieval.chunking)
-    indexer = Indexer(knowledge, index_dir, settings, lambda: SonarTextEncoder.load(spec, config.offline),
-                      reporter, index_type)
-    return indexer.update(rebuild=rebuild)
+    return Indexer(knowledge, index_dir, settings, lambda: SonarTextEncoder.load(spec, config.offline),
+                   reporter, index_type)
 
 
 def interrupted(files_saved: int, rebuild: bool) -> str:
@@ -73,6 +78,8 @@ def summary(report, index_dir) -> str:
                                               (report.deleted, "deleted")) if n]
     line = f"index {index_dir}: " + ", ".join(parts)
     line += f" ({', '.join(changes)}; {report.chunks_embedded} chunks embedded)" if changes else " (no changes)"
+    if report.repaired:
+        line += "; damaged search files rewritten from the index store"
     if report.skipped:
         line += f"; {report.skipped} skipped"
     return line + f"; {report.index_type or 'empty'} index, {report.seconds:.1f} s"

@@ -135,13 +135,13 @@ def search_index(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
         faiss.omp_set_num_threads(threads)
 
 
-def read_faiss(path: Path, params: dict[str, Any]) -> Any:
+def read_faiss(path: Path, params: dict[str, Any], folder: object = "DIR") -> Any:
     import faiss
 
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as error:
-        raise KnowledgeIndexError.corrupt(path, str(error).splitlines()[-1][-120:]) from None
+        raise KnowledgeIndexError.damaged(path, str(error).splitlines()[-1][-120:], folder) from None
     if "search_param" in params:
         set_search_param(index, params["type"], int(params["search_param"]))
     return index
