@@ -351,3 +351,63 @@ def test_a_change_in_the_middle_of_a_large_search_file_is_found_by_the_whole_fil
     check_artifacts(tmp_path, manifest)  # the quick check at every opening reads the ends only
     assert verify_artifacts(tmp_path, manifest, ("embeddings.npy",)) == (
         "embeddings.npy: the file has changed since it was written (its checksum differs)")
+
+
+# --- index types --------------------------------------------------------------------------------------
+
+
+def ivf_refusal(folder: Path, chunks: int) -> str:
+    return (f"voicechat: error: {folder}: an ivf index needs at least 640 chunks to train its 16 lists and this "
+            f"folder has {chunks}; use --index-type auto, flat or hnsw")
+
+
+def test_hnsw_requested_on_a_small_folder_is_built_as_hnsw(capsys, config_file, knowledge):
+    code, out, err = run(capsys, "--config", str(config_file), "index", "--index-type", "hnsw")
+    assert code == 0, err
+    assert out.rstrip().endswith("s") and "; hnsw index," in out
+    code, out, _ = run(capsys, "--config", str(config_file), "index", "--stats", "--json")
+    stats = json.loads(out)
+    assert stats["index"]["type"] == "hnsw" and stats["index"]["tuned_recall_at_10"] == 1.0
+    chunk = ("Jupiter is the largest planet. Its diameter is about eleven times that of Earth, and its Great Red "
+             "Spot is a storm larger than Earth that has been observed for more than 350 years.")
+    code, out, err = run(capsys, "--config", str(config_file), "search", chunk, "-k", "1", "--json")
+    assert code == 0 and json.loads(out)["hits"][0]["text"] == chunk
+
+
+def test_ivf_requested_on_a_small_folder_is_refused_with_the_reason_before_anything_is_written(
+        capsys, config_file, knowledge):
+    folder = knowledge.resolve()
+    before = snapshot(knowledge)
+    code, out, err = run(capsys, "--config", str(config_file), "index", "--index-type", "ivf")
+    assert code == 2 and out == "" and error_lines(err) == [ivf_refusal(folder, 37)]
+    assert "loading" not in err  # refused before the encoder is loaded
+    assert snapshot(knowledge) == before and not (knowledge / ".voicechat-index").exists()
+
+    run(capsys, "--config", str(config_file), "index")  # a flat index; then ivf is asked for again
+    index_dir = knowledge / ".voicechat-index"
+    before = snapshot(index_dir)
+    (knowledge / "more.txt").write_text("One more note about the Moon. It has no air.\n")
+    code, out, err = run(capsys, "--config", str(config_file), "index", "--index-type", "ivf")
+    assert code == 2 and error_lines(err) == [ivf_refusal(folder, 38)]  # counted with the new file
+    assert snapshot(index_dir) == before
+
+    data = yaml.safe_load(config_file.read_text())
+    data["retrieval"]["index_type"] = "ivf"
+    config_file.write_text(yaml.safe_dump(data))
+    code, check = doctor_index_check(capsys, config_file)
+    assert not check["ok"] and f"voicechat: error: {check['detail']}" == ivf_refusal(folder, 37)
+
+
+def test_ivf_is_trained_from_640_chunks_and_refused_below():
+    import numpy as np
+
+    from voicechat.errors import KnowledgeIndexError
+    from voicechat.retrieval.faiss_index import build_faiss
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((640, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    _, params = build_faiss(vectors, "ivf")
+    assert params["type"] == "ivf" and params["nlist"] == 16
+    with pytest.raises(KnowledgeIndexError, match="needs at least 640 chunks .* has 639"):
+        build_faiss(vectors[:639], "ivf")

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true", help="re-embed every file")
     parser.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivf"], default=None,
                         help="faiss index type (default: retrieval.index_type; auto = exact search "
-                             "up to 20,000 chunks, IVF above)")
+                             "up to 20,000 chunks, IVF above; ivf needs at least 640 chunks)")
     parser.add_argument("--stats", action="store_true", help="print statistics of the index and exit")
     parser.add_argument("--json", action="store_true", help="with --stats: print JSON")
 

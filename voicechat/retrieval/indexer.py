@@ -18,7 +18,7 @@ from voicechat.config import ChunkingConfig
 from voicechat.errors import KnowledgeIndexError
 from voicechat.retrieval.chunking import Chunk, chunk_passages, detect_language
 from voicechat.retrieval.corpus import UnreadableFile, discover, read_passages
-from voicechat.retrieval.faiss_index import IndexType, build_faiss, choose_index_type
+from voicechat.retrieval.faiss_index import IndexType, build_faiss, choose_index_type, unbuildable
 from voicechat.retrieval.index import EMBEDDINGS_FILE, FAISS_FILE, IDS_FILE, check_folder
 from voicechat.retrieval.manifest import (
     FORMAT_VERSION, MANIFEST, atomic_write, file_checksums, read_manifest, verify_artifacts, write_manifest)
@@ -142,6 +142,7 @@ class Indexer:
             files, skipped = discover(self.root, exclude=self.index_dir)
             known = store.file_chunks() if store is not None and rebuild_reason is None else {}
             plan = self._plan(store, known, files, report)
+            self._check_index_type(plan.chunks)
             if store is None:
                 self.index_dir.mkdir(parents=True, exist_ok=True)
                 store = Store(self.index_dir / STORE, create=True)
@@ -171,6 +172,9 @@ class Indexer:
             reason = self._rebuild_reason(store, rebuild=False)
             if reason:
                 return Checkup("reembed", reason)
+            problem = self._index_type_problem(store.live_count())
+            if problem:
+                return Checkup("refuse", problem)
             damage, stale = self._export_reasons(store)
             if damage:
                 return Checkup("repair", damage)
@@ -280,6 +284,15 @@ class Indexer:
         plan.retire.extend(gone)
         report.deleted = len(gone)
         return plan
+
+    def _check_index_type(self, chunks: int) -> None:
+        problem = self._index_type_problem(chunks)
+        if problem:
+            raise KnowledgeIndexError(problem)
+
+    def _index_type_problem(self, chunks: int) -> str | None:
+        reason = unbuildable(self.index_type, chunks)
+        return f"{self.root}: {reason}" if reason else None
 
     def _apply(self, store: Store, plan: _Plan) -> None:
         if not plan.touched and not plan.retire:
