@@ -411,3 +411,83 @@ def test_ivf_is_trained_from_640_chunks_and_refused_below():
     assert params["type"] == "ivf" and params["nlist"] == 16
     with pytest.raises(KnowledgeIndexError, match="needs at least 640 chunks .* has 639"):
         build_faiss(vectors[:639], "ivf")
+
+
+# --- symbolic links -----------------------------------------------------------------------------------
+
+
+def indexed_files(index_dir: Path) -> list[str]:
+    db = sqlite3.connect(index_dir / "store.sqlite")
+    try:
+        return [row[0] for row in db.execute("SELECT DISTINCT file FROM chunks WHERE live = 1 ORDER BY file")]
+    finally:
+        db.close()
+
+
+def test_symbolic_links_out_of_the_folder_are_skipped_and_links_inside_are_followed_once(
+        capsys, config_file, knowledge, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("The outside secret is swordfish.\n")
+    (knowledge / "elsewhere").symlink_to(outside)  # a folder out of the knowledge folder
+    (knowledge / "secret.txt").symlink_to(outside / "secret.txt")  # a file out of it
+    (knowledge / "system").symlink_to("/etc")  # as in the report: /etc/hostname reached the prompts
+    (knowledge / ".drafts").mkdir()
+    (knowledge / ".drafts" / "draft.txt").write_text("A draft about comets. Comets have tails.\n")
+    (knowledge / "drafts").symlink_to(".drafts")  # a hidden folder, linked on purpose: followed
+    (knowledge / "pandas").symlink_to("zh")  # the same folder twice: indexed once
+    (knowledge / "planets.txt").symlink_to("solar-system.txt")  # the same file twice: indexed once
+    (knowledge / "zh" / "up").symlink_to("..")  # a loop
+    code, out, err = run(capsys, "--config", str(config_file), "index")
+    assert code == 0, err
+    warnings = sorted(line for line in err.splitlines() if line.startswith("skipped"))
+    assert warnings == sorted([
+        f"skipped elsewhere: symbolic link to {outside.resolve()}, outside the knowledge folder",
+        f"skipped secret.txt: symbolic link to {(outside / 'secret.txt').resolve()}, outside the knowledge folder",
+        "skipped system: symbolic link to /etc, outside the knowledge folder",
+        "skipped pandas: symbolic link to zh, indexed under that name",
+        "skipped planets.txt: symbolic link to solar-system.txt, indexed under that name",
+        "skipped zh/up: symbolic link loop (folder already indexed)",
+    ])
+    assert "9 files" in out and "; 6 skipped (3 symbolic links out of the folder);" in out
+    files = indexed_files(knowledge / ".voicechat-index")
+    assert files == sorted([
+        "README.md", "bicycle-maintenance.md", "coffee-roasting.pdf", "drafts/draft.txt", "faq.jsonl",
+        "solar-system.txt", "tea-brewing.html", "zh/giant-panda.md", "zh/traditional-festivals.txt"])
+    db = sqlite3.connect(knowledge / ".voicechat-index" / "store.sqlite")
+    texts = " ".join(row[0] for row in db.execute("SELECT text FROM passages"))
+    db.close()
+    assert "swordfish" not in texts
+
+
+def test_a_link_turned_outward_after_discovery_is_not_read(knowledge, tmp_path, text_spec, text_encoder,
+                                                            monkeypatch):
+    from voicechat.config import ChunkingConfig
+    from voicechat.retrieval import indexer as indexer_module
+    from voicechat.retrieval.encoders import encoder_identity
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("The outside secret is swordfish.\n")
+    (knowledge / "notes.txt").write_text("An ordinary note.\n")
+    real_discover = indexer_module.discover
+
+    def discover_then_swap(root, exclude=None):
+        """The link is replaced between discovery and reading."""
+        files, skipped = real_discover(root, exclude)
+        (knowledge / "notes.txt").unlink()
+        (knowledge / "notes.txt").symlink_to(outside)
+        return files, skipped
+
+    warnings = []
+
+    class Reporter(indexer_module.SilentReporter):
+        def skipped(self, path, reason):
+            warnings.append(f"{path}: {reason}")
+
+    settings = indexer_module.Settings(encoder_identity(text_spec), ("eng_Latn", "zho_Hans"), ChunkingConfig())
+    indexer = indexer_module.Indexer(knowledge, knowledge / ".voicechat-index", settings, lambda: text_encoder,
+                                     Reporter())
+    monkeypatch.setattr(indexer_module, "discover", discover_then_swap)
+    report = indexer.update()
+    assert warnings == [f"notes.txt: symbolic link to {outside.resolve()}, outside the knowledge folder"]
+    assert report.outside_links == 1 and "notes.txt" not in indexed_files(knowledge / ".voicechat-index")

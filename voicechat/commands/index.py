@@ -82,6 +82,9 @@ def summary(report, index_dir) -> str:
         line += "; damaged search files rewritten from the index store"
     if report.skipped:
         line += f"; {report.skipped} skipped"
+    if report.outside_links:
+        links = "link" if report.outside_links == 1 else "links"
+        line += f" ({report.outside_links} symbolic {links} out of the folder)"
     return line + f"; {report.index_type or 'empty'} index, {report.seconds:.1f} s"
 
 

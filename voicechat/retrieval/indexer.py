@@ -76,6 +76,7 @@ class UpdateReport:
     unchanged: int = 0
     deleted: int = 0
     skipped: int = 0
+    outside_links: int = 0  # of the skipped: symbolic links out of the knowledge folder
     chunks_embedded: int = 0
     chunks_total: int = 0
     rebuilt_reason: str | None = None
@@ -140,6 +141,10 @@ class Indexer:
         try:
             rebuild_reason = self._rebuild_reason(store, rebuild)
             files, skipped = discover(self.root, exclude=self.index_dir)
+            for item in skipped:
+                self.reporter.skipped(item.path, item.reason)
+            report.skipped += len(skipped)
+            report.outside_links += sum(item.outside for item in skipped)
             known = store.file_chunks() if store is not None and rebuild_reason is None else {}
             plan = self._plan(store, known, files, report)
             self._check_index_type(plan.chunks)
@@ -147,9 +152,6 @@ class Indexer:
                 self.index_dir.mkdir(parents=True, exist_ok=True)
                 store = Store(self.index_dir / STORE, create=True)
             self._record_settings(store, rebuild_reason, report)
-            for item in skipped:
-                self.reporter.skipped(item.path, item.reason)
-            report.skipped += len(skipped)
             self._apply(store, plan)
             self._embed_and_store(store, plan.pending, report)
             report.chunks_total = store.live_count()
@@ -240,7 +242,13 @@ class Indexer:
         seen: set[str] = set()
         report.files = len(files)
         for path in files:
-            rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+            rel = path.relative_to(self.root).as_posix()
+            path = path.resolve()  # read where it is, once more checked to be inside the folder
+            if not path.is_relative_to(self.root):
+                self.reporter.skipped(rel, f"symbolic link to {path}, outside the knowledge folder")
+                report.skipped += 1
+                report.outside_links += 1
+                continue
             seen.add(rel)
             try:
                 info = path.stat()
