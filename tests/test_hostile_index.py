@@ -491,3 +491,41 @@ def test_a_link_turned_outward_after_discovery_is_not_read(knowledge, tmp_path, 
     report = indexer.update()
     assert warnings == [f"notes.txt: symbolic link to {outside.resolve()}, outside the knowledge folder"]
     assert report.outside_links == 1 and "notes.txt" not in indexed_files(knowledge / ".voicechat-index")
+
+
+# --- killed runs --------------------------------------------------------------------------------------
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+from pathlib import Path
+from voicechat.retrieval.manifest import atomic_write
+
+def write_half_then_die(tmp):
+    tmp.write_bytes(b"half of an index")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+atomic_write(Path(sys.argv[1]), write_half_then_die)
+"""
+
+
+def test_temporary_files_of_a_killed_export_are_removed_by_the_next_run(capsys, config_file, knowledge):
+    import subprocess
+    import sys
+
+    run(capsys, "--config", str(config_file), "index")
+    index_dir = knowledge / ".voicechat-index"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, str(index_dir / "vectors.faiss")],
+                            cwd=Path(__file__).resolve().parents[1])
+    assert killed.returncode == -9
+    (left,) = index_dir.glob(".vectors.faiss.*.tmp")
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as alive:
+        writing = index_dir / f".embeddings.npy.{alive.pid}.tmp"  # a run still writing: kept
+        writing.write_bytes(b"being written")
+        code, out, err = run(capsys, "--config", str(config_file), "index")
+        assert writing.exists()
+        alive.communicate(b"")
+    assert code == 0, err
+    assert "removed 1 temporary file left by an interrupted run" in err and "(no changes)" in out
+    assert not left.exists()
+    code, _, err = run(capsys, "--config", str(config_file), "search", "Jupiter")
+    assert code == 0, err

@@ -21,7 +21,8 @@ from voicechat.retrieval.corpus import UnreadableFile, discover, read_passages
 from voicechat.retrieval.faiss_index import IndexType, build_faiss, choose_index_type, unbuildable
 from voicechat.retrieval.index import EMBEDDINGS_FILE, FAISS_FILE, IDS_FILE, check_folder
 from voicechat.retrieval.manifest import (
-    FORMAT_VERSION, MANIFEST, atomic_write, file_checksums, read_manifest, verify_artifacts, write_manifest)
+    FORMAT_VERSION, MANIFEST, atomic_write, file_checksums, read_manifest, remove_stale_temporaries, verify_artifacts,
+    write_manifest)
 from voicechat.retrieval.store import STORE, Store, store_problem
 
 GROUP_CHUNKS = 256  # chunks embedded and committed together
@@ -151,6 +152,10 @@ class Indexer:
             if store is None:
                 self.index_dir.mkdir(parents=True, exist_ok=True)
                 store = Store(self.index_dir / STORE, create=True)
+            removed = remove_stale_temporaries(self.index_dir, (FAISS_FILE, IDS_FILE, EMBEDDINGS_FILE, MANIFEST))
+            if removed:
+                files = "file" if len(removed) == 1 else "files"
+                self.reporter.note(f"removed {len(removed)} temporary {files} left by an interrupted run")
             self._record_settings(store, rebuild_reason, report)
             self._apply(store, plan)
             self._embed_and_store(store, plan.pending, report)

@@ -4,7 +4,8 @@ size/mtime/hash, the store generation it was exported from, and the size and che
 the export wrote.
 
 Every file of an export is written under a temporary name and renamed into place; the manifest goes
-last, so a folder with a manifest holds a finished export.
+last, so a folder with a manifest holds a finished export. A run killed while writing leaves its
+temporary file behind; the next run removes it.
 
 Format 2 added the full SHA-256 of each exported file (format 1 hashed the first and last MiB only,
 so a damaged middle went unnoticed). A format-1 index is still opened for search, with the checks
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +27,7 @@ from voicechat.errors import KnowledgeIndexError
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 
 def read_manifest(index_dir: Path, folder: object = "DIR") -> dict[str, Any] | None:
@@ -88,6 +91,32 @@ def _difference(size: int, expected: int) -> str:
     if size > expected:
         return "the file has grown since it was written"
     return "the file has changed since it was written (its checksum differs)"
+
+
+def remove_stale_temporaries(index_dir: Path, names: tuple[str, ...]) -> list[str]:
+    """Temporary files of ``names`` written by runs that are no longer running (killed while
+    writing): removed. One of a live process (another run writing now, or a process that got a
+    dead run's number) is left alone."""
+    removed = []
+    for path in index_dir.glob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match is None or match["name"] not in names or _process_alive(int(match["pid"])):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return sorted(removed)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process
+    return True
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
