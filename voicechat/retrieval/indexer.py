@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from dataclasses import dataclass, field
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -146,16 +146,16 @@ class Indexer:
                 self.reporter.skipped(item.path, item.reason)
             report.skipped += len(skipped)
             report.outside_links += sum(item.outside for item in skipped)
-            known = store.file_chunks() if store is not None and rebuild_reason is None else {}
-            plan = self._plan(store, known, files, report)
+            keep = store is not None and rebuild_reason is None
+            plan = self._plan(store.files() if keep else {}, store.file_chunks() if keep else {}, files, report)
             self._check_index_type(plan.chunks)
             if store is None:
                 self.index_dir.mkdir(parents=True, exist_ok=True)
                 store = Store(self.index_dir / STORE, create=True)
             removed = remove_stale_temporaries(self.index_dir, (FAISS_FILE, IDS_FILE, EMBEDDINGS_FILE, MANIFEST))
             if removed:
-                files = "file" if len(removed) == 1 else "files"
-                self.reporter.note(f"removed {len(removed)} temporary {files} left by an interrupted run")
+                noun = "file" if len(removed) == 1 else "files"
+                self.reporter.note(f"removed {len(removed)} temporary {noun} left by an interrupted run")
             self._record_settings(store, rebuild_reason, report)
             self._apply(store, plan)
             self._embed_and_store(store, plan.pending, report)
@@ -168,6 +168,7 @@ class Indexer:
         return report
 
     def checkup(self) -> Checkup:
+        """The checks `update` makes before embedding, in the same order, without writing."""
         path = self.index_dir / STORE
         if not path.is_file():
             return Checkup("build", f"no index for {self.root}")
@@ -240,15 +241,15 @@ class Indexer:
             store.set_meta("settings", {**self.settings.as_json(), "root": str(self.root)})
             store.set_meta("format_version", FORMAT_VERSION)
 
-    def _plan(self, store: Store | None, known_chunks: dict[str, int], files: list[Path],
+    def _plan(self, known: dict[str, tuple[int, int, str]], known_chunks: dict[str, int], files: list[Path],
               report: UpdateReport) -> _Plan:
-        known = store.files() if known_chunks else {}
+        """What to embed, touch and retire, given the files the store knows; writes nothing."""
         plan = _Plan()
         seen: set[str] = set()
         report.files = len(files)
         for path in files:
             rel = path.relative_to(self.root).as_posix()
-            path = path.resolve()  # read where it is, once more checked to be inside the folder
+            path = path.resolve()  # read where it is, checked once more to be inside the folder
             if not path.is_relative_to(self.root):
                 self.reporter.skipped(rel, f"symbolic link to {path}, outside the knowledge folder")
                 report.skipped += 1
