@@ -246,17 +246,22 @@ def test_truncated_faiss_file_is_reported_not_crashed_on(knowledge, text_encoder
     assert len(KnowledgeIndex.open(knowledge / ".voicechat-index")) == report.chunks_total
 
 
-def test_corrupt_manifest_and_store_are_reported(knowledge, text_encoder, text_spec):
+def test_corrupt_manifest_is_rewritten_and_a_corrupt_store_needs_a_rebuild(knowledge, text_encoder, text_spec):
     make_indexer(knowledge, text_encoder, text_spec)[0].update()
     index_dir = knowledge / ".voicechat-index"
     (index_dir / "manifest.json").write_text("{ not json")
     with pytest.raises(KnowledgeIndexError, match="manifest.json.*corrupt"):
         KnowledgeIndex.open(index_dir)
+    indexer, loader, _ = make_indexer(knowledge, text_encoder, text_spec)
+    report = indexer.update()  # the manifest is derived: written again from the store
+    assert report.repaired == "manifest.json: the file is unreadable" and loader.loads == 0
     (index_dir / "store.sqlite").write_bytes(b"garbage" * 1000)
     for name in ("store.sqlite-wal", "store.sqlite-shm"):
         (index_dir / name).unlink(missing_ok=True)
-    report = make_indexer(knowledge, text_encoder, text_spec)[0].update()
-    assert "unreadable" in report.rebuilt_reason and report.chunks_total > 0
+    with pytest.raises(KnowledgeIndexError, match="store.sqlite.*corrupt.*--rebuild"):
+        make_indexer(knowledge, text_encoder, text_spec)[0].update()
+    report = make_indexer(knowledge, text_encoder, text_spec)[0].update(rebuild=True)
+    assert "damaged" in report.rebuilt_reason and report.chunks_total > 0
 
 
 def test_missing_index_and_missing_folder_messages(tmp_path, text_encoder, text_spec):

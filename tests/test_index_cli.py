@@ -129,7 +129,7 @@ def test_ctrl_c_while_indexing_prints_one_line_and_tells_how_to_continue(capsys,
         code, _, err = run(capsys, "--config", str(config_file), *argv)
         assert code == 2
         assert voicechat_lines(err) == [f"voicechat: error: {knowledge / '.voicechat-index'}: building this index "
-                                        "was interrupted before it finished; run `voicechat index DIR` to finish it"]
+                                        f"was interrupted before it finished; run `voicechat index {knowledge}` to finish it"]
 
     calls.clear()
     code, _, err = run(capsys, "--config", str(config_file), "index", str(knowledge), "--rebuild")

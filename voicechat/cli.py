@@ -86,8 +86,16 @@ def _add_global_flags(parser: argparse.ArgumentParser, suppress_defaults: bool =
                        help="two-round retrieval mode")
     group.add_argument("--offline", action="store_true", default=default,
                        help="never contact a model hub; use local and cached models only")
+    group.add_argument("--threads", type=_thread_count, metavar="N", default=default,
+                       help="CPU threads a model may use (default: runtime.threads, else all cores)")
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        default=default, help="log verbosity; debug also shows tracebacks")
+
+
+def _thread_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of threads, 1 or more, got {text!r}")
+    return int(text)
 
 
 def _command_module(name: str) -> Any:
@@ -111,6 +119,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["retrieval.knowledge_dir"] = str(folder)
     if getattr(args, "offline", None):
         overrides["offline"] = True
+    if getattr(args, "threads", None):
+        overrides["runtime.threads"] = args.threads
     return overrides
 
 
@@ -128,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voicechat.config import load_config
 
         config = load_config(getattr(args, "config", None), config_overrides(args))
+        if config.runtime.threads:  # before any model work
+            from voicechat.placement import set_cpu_threads
+
+            set_cpu_threads(config.runtime.threads)
         module = _command_module(COMMANDS[args.command or DEFAULT_COMMAND])
         return int(module.run(args, config) or 0)
     except VoicechatError as error:

@@ -298,6 +298,11 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    threads: int | None = field(default=None, metadata=_range(1, 1024))  # None: torch's default
+
+
+@dataclass(frozen=True)
 class Config:
     models: ModelsConfig = ModelsConfig()
     backend: BackendConfig = BackendConfig()
@@ -310,6 +315,7 @@ class Config:
     serve: ServeConfig = ServeConfig()
     ui: UIConfig = UIConfig()
     sessions: SessionsConfig = SessionsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     offline: bool = False
     source: str = field(default="built-in defaults", metadata={"internal": True})
 

@@ -21,9 +21,22 @@ class KnowledgeIndexError(VoicechatError):
     """The knowledge index is missing, stale or corrupt."""
 
     @classmethod
-    def corrupt(cls, path: object, reason: object) -> "KnowledgeIndexError":
+    def corrupt(cls, path: object, reason: object, folder: object = "DIR") -> "KnowledgeIndexError":
+        """The store, the index's source of truth, is damaged: only re-embedding helps."""
         return cls(f"{path}: the knowledge index is corrupt ({reason}); "
-                   "rebuild it with `voicechat index DIR --rebuild`")
+                   f"rebuild it with `voicechat index {folder} --rebuild`")
+
+    @classmethod
+    def damaged(cls, path: object, reason: object, folder: object = "DIR") -> "KnowledgeIndexError":
+        """A search file exported from the store is damaged: it is rewritten from the store."""
+        return cls(f"{path}: the knowledge index is corrupt ({reason}); repair it with "
+                   f"`voicechat index {folder}` (rewrites the search files from the index store, re-embeds nothing)")
+
+    @classmethod
+    def other_folder(cls, index_dir: object, built_for: object, folder: object) -> "KnowledgeIndexError":
+        return cls(f"{index_dir} holds the index of {built_for}, not of {folder}; run "
+                   f"`voicechat index {folder} --rebuild` to replace it, or give each folder its own "
+                   "retrieval.index_dir")
 
 
 class BackendError(VoicechatError):

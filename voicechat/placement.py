@@ -1,7 +1,10 @@
-"""Where a model runs: the torch device and dtype named in a model's config entry."""
+"""Where a model runs: the torch device and dtype named in a model's config entry, and how many CPU
+threads it may use."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from voicechat.errors import ModelError
@@ -10,6 +13,17 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+def set_cpu_threads(count: int) -> None:
+    """PyTorch's intra-op threads for this process (``runtime.threads``, ``--threads``). On a
+    machine shared with other work, fewer threads than cores keep a model from fighting over a busy
+    core. PyTorch reads OMP_NUM_THREADS when it is imported, so setting a number costs no import
+    here; a PyTorch already imported is told directly."""
+    os.environ["OMP_NUM_THREADS"] = str(count)  # faiss's OpenMP reads it too
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)
 
 
 def resolve_device(name: "str | torch.device") -> "torch.device":

@@ -91,22 +91,42 @@ def model_checks(config: Config) -> list[Check]:
 
 
 def index_check(config: Config) -> Check:
+    """What `voicechat index` will find, without embedding or writing anything: the same checks."""
+    from voicechat.commands.index import indexer_for
     from voicechat.errors import VoicechatError
     from voicechat.retrieval import index_location
     from voicechat.retrieval.index import KnowledgeIndex
+    from voicechat.retrieval.indexer import UNFINISHED
 
     knowledge, index_dir = index_location(config.retrieval, config.resolve_path)
     required = config.retrieval.rag != "off"
-    if not index_dir.is_dir():
-        return Check("knowledge index", False, f"no index for {knowledge}", f"run `voicechat index {knowledge}`",
+    run_index = f"run `voicechat index {knowledge}`"
+    try:
+        checkup = indexer_for(config, knowledge, index_dir, config.retrieval.index_type).checkup()
+    except VoicechatError as error:
+        return Check("knowledge index", False, str(error), "", required)
+    if checkup.action == "build":
+        return Check("knowledge index", False, checkup.detail, run_index, required)
+    if checkup.action == "refuse":
+        return Check("knowledge index", False, checkup.detail, "", required)
+    if checkup.action == "reembed":
+        return Check("knowledge index", False, f"out of date: {checkup.detail}",
+                     f"{run_index} (embeds every file again)", required)
+    if checkup.action == "repair":
+        return Check("knowledge index", False, f"{index_dir}/{checkup.detail}",
+                     f"{run_index} (rewrites the search files from the index store; nothing is re-embedded)", required)
+    if checkup.detail == UNFINISHED:
+        return Check("knowledge index", False, f"{index_dir}: {checkup.detail}", f"{run_index} to finish it",
                      required)
     try:
-        index = KnowledgeIndex.open(index_dir)
+        index = KnowledgeIndex.open(index_dir, knowledge)
     except VoicechatError as error:
-        return Check("knowledge index", False, str(error), f"run `voicechat index {knowledge}`", required)
+        return Check("knowledge index", False, str(error), "", required)
     try:
         stats = index.stats()
     finally:
         index.close()
-    return Check("knowledge index", True,
-                 f"{stats['files']} files, {stats['chunks']} chunks, {stats['index_type']}: {index_dir}")
+    detail = f"{stats['files']} files, {stats['chunks']} chunks, {stats['index_type']}: {index_dir}"
+    if checkup.action == "refresh":  # searchable as it is; the next `voicechat index` rewrites it
+        detail += f" ({checkup.detail}; `voicechat index {knowledge}` rewrites the search files)"
+    return Check("knowledge index", True, detail)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 HELP = "build or update the search index of a knowledge folder"
 
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true", help="re-embed every file")
     parser.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivf"], default=None,
                         help="faiss index type (default: retrieval.index_type; auto = exact search "
-                             "up to 20,000 chunks, IVF above)")
+                             "up to 20,000 chunks, IVF above; ivf needs at least 640 chunks)")
     parser.add_argument("--stats", action="store_true", help="print statistics of the index and exit")
     parser.add_argument("--json", action="store_true", help="with --stats: print JSON")
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace, config: Any) -> int:
 
     knowledge, index_dir = index_location(config.retrieval, config.resolve_path, args.dir)
     if args.stats:
-        index = KnowledgeIndex.open(index_dir)
+        index = KnowledgeIndex.open(index_dir, knowledge)
         try:
             print_stats(index.stats(), args.json)
         finally:
@@ -47,15 +49,20 @@ def run(args: argparse.Namespace, config: Any) -> int:
 
 
 def build(config: Any, knowledge, index_dir, rebuild: bool, index_type: str, reporter=None):
+    return indexer_for(config, knowledge, index_dir, index_type, reporter).update(rebuild=rebuild)
+
+
+def indexer_for(config: Any, knowledge, index_dir, index_type: str, reporter=None):
+    """The indexer of ``knowledge`` with the configured encoder and chunking; the encoder is loaded
+    only if something is to be embedded."""
     from voicechat.retrieval import sonar_spec
     from voicechat.retrieval.encoders import SonarTextEncoder, encoder_identity
     from voicechat.retrieval.indexer import Indexer, Settings
 
     spec = sonar_spec(config.models.sonar_text, config.resolve_path)
     settings = Settings(encoder_identity(spec), config.retrieval.languages, config.retrieval.chunking)
-    indexer = Indexer(knowledge, index_dir, settings, lambda: SonarTextEncoder.load(spec, config.offline),
-                      reporter, index_type)
-    return indexer.update(rebuild=rebuild)
+    return Indexer(knowledge, index_dir, settings, lambda: SonarTextEncoder.load(spec, config.offline),
+                   reporter, index_type)
 
 
 def interrupted(files_saved: int, rebuild: bool) -> str:
@@ -71,8 +78,13 @@ def summary(report, index_dir) -> str:
                                               (report.deleted, "deleted")) if n]
     line = f"index {index_dir}: " + ", ".join(parts)
     line += f" ({', '.join(changes)}; {report.chunks_embedded} chunks embedded)" if changes else " (no changes)"
+    if report.repaired:
+        line += "; damaged search files rewritten from the index store"
     if report.skipped:
         line += f"; {report.skipped} skipped"
+    if report.outside_links:
+        links = "link" if report.outside_links == 1 else "links"
+        line += f" ({report.outside_links} symbolic {links} out of the folder)"
     return line + f"; {report.index_type or 'empty'} index, {report.seconds:.1f} s"
 
 
@@ -105,7 +117,8 @@ def print_stats(stats: dict[str, Any], as_json: bool) -> None:
 
 
 class ProgressReporter:
-    """Warnings for skipped files, and a progress bar (files, chunks, chunks/s, ETA) on stderr."""
+    """Warnings for skipped files, a spinner while a model loads, and a progress bar (files,
+    chunks, chunks/s, ETA) on stderr; plain lines in logs and pipes."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -129,6 +142,23 @@ class ProgressReporter:
 
     def note(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]", highlight=False)
+
+    @contextmanager
+    def loading(self, what: str) -> Iterator[None]:
+        """Loading a model takes seconds, minutes on a busy machine: a terminal shows a spinner
+        with the time so far, a log gets a line before and after."""
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        began = time.monotonic()
+        if self.console.is_terminal:
+            with Progress(SpinnerColumn(), TextColumn(f"loading {what}"), TimeElapsedColumn(),
+                          console=self.console, transient=True) as spinner:
+                spinner.add_task("load", total=None)
+                yield
+        else:
+            self.note(f"loading {what}")
+            yield
+        self.note(f"loaded {what} in {time.monotonic() - began:.1f} s")
 
     def skipped(self, path: str, reason: str) -> None:
         self.console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, markup=True)

@@ -2,8 +2,10 @@
 
 Readers turn .txt .md .rst .html .pdf .json .jsonl files into passages (paragraphs or sections)
 with their heading and line span. Hidden folders, the index's own folder, unsupported, binary,
-empty, oversized and unreadable files are skipped with a reason; symbolic links are followed once
-(a link back into a visited folder is a loop and is not entered again).
+empty, oversized and unreadable files are skipped with a reason. Symbolic links are followed once
+when their target is inside the knowledge folder and not indexed already (under its own name or
+through another link; a link back up is a loop); a link whose target resolves outside the folder
+is skipped with a warning, so that nothing outside the folder is read into the index.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ TITLE_FIELDS = ("title", "heading", "name", "question")
 class Skipped:
     path: str  # relative to the knowledge folder
     reason: str
+    outside: bool = False  # a symbolic link out of the knowledge folder
 
 
 class UnreadableFile(Exception):
@@ -37,32 +40,80 @@ class UnreadableFile(Exception):
 
 
 def discover(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[Skipped]]:
-    """Supported files under ``root`` (sorted), and what was skipped with the reason."""
-    root = root.resolve()
-    excluded = exclude.resolve() if exclude is not None else None
-    files: list[Path] = []
-    skipped: list[Skipped] = []
-    visited: set[tuple[int, int]] = set()
-    for folder, dirs, names in os.walk(root, followlinks=True, onerror=None):
-        here = Path(folder)
-        info = here.stat()
-        if (info.st_dev, info.st_ino) in visited:
-            skipped.append(Skipped(_relative(here, root), "symbolic link loop (folder already indexed)"))
-            dirs[:] = []
-            continue
-        visited.add((info.st_dev, info.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != excluded)
-        for name in sorted(names):
-            if name.startswith("."):
+    """Supported files under ``root`` (sorted), and what was skipped with the reason. Nothing
+    outside ``root`` is returned: a symbolic link whose target resolves outside is skipped."""
+    walk = _Walk(root.resolve(), exclude.resolve() if exclude is not None else None)
+    walk.folder(walk.root, walk.root)
+    while walk.links:  # after the folder's own tree, so what both reach keeps its own name
+        walk.follow(*walk.links.pop(0))
+    return sorted(walk.files), walk.skipped
+
+
+class _Walk:
+    """The folder's own tree first, without following links; then each link, followed once: a
+    target outside the folder, already indexed, or in the index's own folder is skipped."""
+
+    def __init__(self, root: Path, excluded: Path | None) -> None:
+        self.root = root
+        self.excluded = excluded
+        self.files: list[Path] = []  # as named under root (through links)
+        self.skipped: list[Skipped] = []
+        self.links: list[tuple[Path, Path]] = []  # (name under root, the link itself)
+        self.folders: dict[Path, Path] = {}  # real folder -> its name under root
+        self.real_files: dict[Path, Path] = {}  # real file -> its name under root
+
+    def folder(self, real: Path, shown: Path) -> None:
+        self.folders[real] = shown
+        try:
+            entries = sorted(os.scandir(real), key=lambda entry: entry.name)
+        except OSError as error:
+            self.skip(shown, f"cannot read folder ({error.strerror})")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            path = here / name
-            if path.suffix.lower() not in READERS:
-                skipped.append(Skipped(_relative(path, root), f"unsupported file type {path.suffix or '(none)'}"))
-            elif not path.exists():
-                skipped.append(Skipped(_relative(path, root), "broken symbolic link"))
+            path, name = real / entry.name, shown / entry.name
+            if entry.is_symlink():
+                self.links.append((name, path))
+            elif entry.is_dir(follow_symlinks=False):
+                if path != self.excluded:
+                    self.folder(path, name)
             else:
-                files.append(path)
-    return files, skipped
+                self.file(path, name)
+
+    def file(self, real: Path, shown: Path) -> None:
+        if real.suffix.lower() not in READERS:
+            self.skip(shown, f"unsupported file type {real.suffix or '(none)'}")
+        elif real in self.real_files:
+            self.skip(shown, f"symbolic link to {self.name(self.real_files[real])}, indexed under that name")
+        else:
+            self.real_files[real] = shown
+            self.files.append(shown)
+
+    def follow(self, shown: Path, link: Path) -> None:
+        target = Path(os.path.realpath(link))
+        if not target.exists():
+            self.skip(shown, "broken symbolic link")
+        elif not target.is_relative_to(self.root):
+            self.skipped.append(Skipped(self.name(shown), f"symbolic link to {target}, outside the knowledge folder",
+                                        outside=True))
+        elif self.excluded is not None and target.is_relative_to(self.excluded):
+            self.skip(shown, "symbolic link into the index folder")
+        elif target.is_dir() and target in self.folders:
+            if link.parent.resolve().is_relative_to(target):
+                self.skip(shown, "symbolic link loop (folder already indexed)")
+            else:
+                self.skip(shown, f"symbolic link to {self.name(self.folders[target])}, indexed under that name")
+        elif target.is_dir():
+            self.folder(target, shown)
+        else:
+            self.file(target, shown)
+
+    def skip(self, shown: Path, reason: str) -> None:
+        self.skipped.append(Skipped(self.name(shown), reason))
+
+    def name(self, shown: Path) -> str:
+        return _relative(shown, self.root) or "."
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -17,6 +17,19 @@ TARGET_RECALL = 0.95
 TUNING_MARGIN = 0.03  # tune to 0.98 on the sample so that the target holds on unseen queries
 
 
+IVF_MIN_LISTS = 16
+IVF_MIN_CHUNKS = 40 * IVF_MIN_LISTS  # 40 training vectors per list (faiss warns below 39)
+
+
+def unbuildable(requested: str, count: int) -> str | None:
+    """Why an index of the requested type cannot be built over ``count`` chunks, or None. Flat and
+    HNSW need no training and are built at any size; IVF trains its lists on the vectors."""
+    if requested == "ivf" and count < IVF_MIN_CHUNKS:
+        return (f"an ivf index needs at least {IVF_MIN_CHUNKS} chunks to train its {IVF_MIN_LISTS} lists and this "
+                f"folder has {count}; use --index-type auto, flat or hnsw")
+    return None
+
+
 def choose_index_type(count: int, requested: IndexType = "auto") -> str:
     if requested != "auto":
         return requested
@@ -28,8 +41,9 @@ def build_faiss(vectors: np.ndarray, kind: str, seed: int = 0) -> tuple[Any, dic
     indexes are tuned on a sample of perturbed stored vectors until recall@10 against exact
     search reaches the target plus a margin."""
     count, dim = vectors.shape
-    if count < 1000:  # too few to train or to need an approximate index
-        kind = "flat"
+    problem = unbuildable(kind, count)
+    if problem:
+        raise KnowledgeIndexError(problem)
     rng = np.random.default_rng(seed)
     sample = vectors[np.sort(rng.choice(count, size=min(count, training_size(count)), replace=False))]
     index, params = new_faiss_index(kind, dim, count, sample)
@@ -37,7 +51,7 @@ def build_faiss(vectors: np.ndarray, kind: str, seed: int = 0) -> tuple[Any, dic
         index.add(np.ascontiguousarray(vectors[start:start + 65536]))
     if kind != "flat":
         queries = tuning_queries(vectors, seed)
-        truth = exact_search(vectors, queries, 10)
+        truth = exact_search(vectors, queries, min(10, count))
         value, recall = tune(index, kind, queries, truth)
         params.update({"search_param": value, "tuned_recall_at_10": round(recall, 4)})
     return index, params
@@ -135,13 +149,13 @@ def search_index(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
         faiss.omp_set_num_threads(threads)
 
 
-def read_faiss(path: Path, params: dict[str, Any]) -> Any:
+def read_faiss(path: Path, params: dict[str, Any], folder: object = "DIR") -> Any:
     import faiss
 
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as error:
-        raise KnowledgeIndexError.corrupt(path, str(error).splitlines()[-1][-120:]) from None
+        raise KnowledgeIndexError.damaged(path, str(error).splitlines()[-1][-120:], folder) from None
     if "search_param" in params:
         set_search_param(index, params["type"], int(params["search_param"]))
     return index

@@ -6,8 +6,13 @@ Layout of the index folder:
 - ``vectors.faiss``, ``ids.npy`` and ``embeddings.npy``: the search index over the live chunks,
   the chunk id of each row, and the L2-normalised float32 embedding matrix. Rebuilt from the store
   (without the encoder) whenever the store has changed (see ``indexer.py``).
-- ``manifest.json``: what the search files hold and were built with, written last (see
-  ``manifest.py``).
+- ``manifest.json``: the folder the index was built for, what the search files hold and were built
+  with, written last (see ``manifest.py``).
+
+An index serves the folder it was built for: opened for another folder (two folders sharing one
+``retrieval.index_dir``), it is refused, since its answers would come from the other folder. An
+index inside its folder (the default ``.voicechat-index``) goes with the folder when it is moved
+or copied, and is accepted there.
 """
 
 from __future__ import annotations
@@ -33,6 +38,24 @@ def default_index_dir(knowledge_dir: Path) -> Path:
     return knowledge_dir / DEFAULT_INDEX_FOLDER
 
 
+def check_folder(index_dir: Path, built_for: str | None, folder: Path) -> None:
+    """Refuses an index built for another folder than ``folder``. A folder not recorded is unknown
+    and accepted (the next update records it); an index inside ``folder`` itself moved or was
+    copied with it."""
+    if built_for is None or Path(built_for) == folder.resolve():
+        return
+    if index_dir.resolve() == default_index_dir(folder).resolve():
+        return
+    raise KnowledgeIndexError.other_folder(index_dir, built_for, folder)
+
+
+def _recorded_root(store: Store, knowledge_dir: Path | None) -> str | None:
+    try:
+        return (store.meta("settings") or {}).get("root")
+    except sqlite3.DatabaseError as error:
+        raise KnowledgeIndexError.corrupt(store.path, error, knowledge_dir or "DIR") from None
+
+
 class KnowledgeIndex:
     """A built index opened for search: the faiss index and row ids in memory, chunk text and
     provenance read from the store on demand."""
@@ -46,22 +69,33 @@ class KnowledgeIndex:
         self._store = store
 
     @classmethod
-    def open(cls, index_dir: Path) -> "KnowledgeIndex":
-        manifest = read_manifest(index_dir)
+    def open(cls, index_dir: Path, knowledge_dir: Path | None = None) -> "KnowledgeIndex":
+        """The index in ``index_dir``, for searching ``knowledge_dir`` (resolved): an index built
+        for another folder is refused. Without ``knowledge_dir`` (a temporary index of the
+        evaluation), whatever folder it was built for."""
+        manifest = read_manifest(index_dir, knowledge_dir or "DIR")
         if manifest is None and (index_dir / STORE).is_file():  # the manifest is written last
             raise KnowledgeIndexError(
                 f"{index_dir}: building this index was interrupted before it finished; "
-                "run `voicechat index DIR` to finish it")
+                f"run `voicechat index {knowledge_dir or 'DIR'}` to finish it")
         if manifest is None:
             raise KnowledgeIndexError(
-                f"{index_dir}: no knowledge index here; build it with `voicechat index DIR`")
-        check_artifacts(index_dir, manifest)
-        try:
-            ids = np.load(index_dir / IDS_FILE, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise KnowledgeIndexError.corrupt(index_dir / IDS_FILE, error) from None
-        faiss_index = read_faiss(index_dir / FAISS_FILE, manifest["index"]) if len(ids) else None
+                f"{index_dir}: no knowledge index here; build it with `voicechat index {knowledge_dir or 'DIR'}`")
         store = Store(index_dir / STORE)
+        try:
+            built_for = manifest.get("knowledge_dir") or _recorded_root(store, knowledge_dir)
+            if knowledge_dir is not None:
+                check_folder(index_dir, built_for, knowledge_dir)
+            folder = knowledge_dir or built_for or "DIR"
+            check_artifacts(index_dir, manifest, folder)
+            try:
+                ids = np.load(index_dir / IDS_FILE, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise KnowledgeIndexError.damaged(index_dir / IDS_FILE, error, folder) from None
+            faiss_index = read_faiss(index_dir / FAISS_FILE, manifest["index"], folder) if len(ids) else None
+        except BaseException:
+            store.close()
+            raise
         return cls(index_dir, manifest, faiss_index, ids, store)
 
     @property

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sqlite3
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -18,13 +18,15 @@ from voicechat.config import ChunkingConfig
 from voicechat.errors import KnowledgeIndexError
 from voicechat.retrieval.chunking import Chunk, chunk_passages, detect_language
 from voicechat.retrieval.corpus import UnreadableFile, discover, read_passages
-from voicechat.retrieval.faiss_index import IndexType, build_faiss, choose_index_type
-from voicechat.retrieval.index import EMBEDDINGS_FILE, FAISS_FILE, IDS_FILE
+from voicechat.retrieval.faiss_index import IndexType, build_faiss, choose_index_type, unbuildable
+from voicechat.retrieval.index import EMBEDDINGS_FILE, FAISS_FILE, IDS_FILE, check_folder
 from voicechat.retrieval.manifest import (
-    FORMAT_VERSION, MANIFEST, artifacts_look_intact, atomic_write, file_fingerprint, read_manifest, write_manifest)
-from voicechat.retrieval.store import STORE, Store
+    FORMAT_VERSION, MANIFEST, atomic_write, file_checksums, read_manifest, remove_stale_temporaries, verify_artifacts,
+    write_manifest)
+from voicechat.retrieval.store import STORE, Store, store_problem
 
 GROUP_CHUNKS = 256  # chunks embedded and committed together
+UNFINISHED = "the first build was interrupted before the search files were written"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Reporter(Protocol):
     """What the indexer tells its user; the CLI draws a progress bar from it."""
 
     def note(self, message: str) -> None: ...
+    def loading(self, what: str) -> AbstractContextManager[None]: ...
     def skipped(self, path: str, reason: str) -> None: ...
     def planned(self, files: int, chunks: int) -> None: ...
     def embedded(self, chunks: int) -> None: ...
@@ -59,6 +62,7 @@ class Reporter(Protocol):
 
 class SilentReporter:
     def note(self, message: str) -> None: pass
+    def loading(self, what: str) -> AbstractContextManager[None]: return nullcontext()
     def skipped(self, path: str, reason: str) -> None: pass
     def planned(self, files: int, chunks: int) -> None: pass
     def embedded(self, chunks: int) -> None: pass
@@ -73,9 +77,11 @@ class UpdateReport:
     unchanged: int = 0
     deleted: int = 0
     skipped: int = 0
+    outside_links: int = 0  # of the skipped: symbolic links out of the knowledge folder
     chunks_embedded: int = 0
     chunks_total: int = 0
     rebuilt_reason: str | None = None
+    repaired: str | None = None  # the damage found in the search files, which were rewritten from the store
     exported: bool = False
     index_type: str = ""
     seconds: float = 0.0
@@ -87,6 +93,28 @@ class _Pending:
     stat: tuple[int, int, str]
     chunks: list[Chunk]
     langs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """What an update will do, decided before anything is written."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    touched: list[tuple[str, int, int]] = field(default_factory=list)  # (path, size, mtime_ns): same bytes
+    retire: list[str] = field(default_factory=list)  # deleted or now unreadable
+    chunks: int = 0  # live chunks once the update is done
+
+
+@dataclass(frozen=True)
+class Checkup:
+    """What `update` would do about the index itself (not about changed documents), found without
+    embedding or writing anything; `voicechat doctor` shows it. ``action``: none; build (no index
+    yet); refuse (``detail`` is the one-line error `update` raises); reembed (settings changed:
+    every file is embedded again); repair (damaged search files are rewritten from the store);
+    refresh (intact but outdated search files are rewritten from the store)."""
+
+    action: str
+    detail: str = ""
 
 
 class Indexer:
@@ -104,69 +132,129 @@ class Indexer:
         self.index_type = index_type
 
     def update(self, rebuild: bool = False) -> UpdateReport:
+        """Refusals (a damaged store, another folder's index, an index type the folder is too small
+        for) come before anything is written."""
         began = time.perf_counter()
         if not self.root.is_dir():
             raise KnowledgeIndexError(f"{self.root}: no such knowledge folder")
-        self.index_dir.mkdir(parents=True, exist_ok=True)
         report = UpdateReport()
-        store = self._open_store(report)
+        store = self._open_store(rebuild, report)
         try:
-            self._check_settings(store, report, rebuild)
+            rebuild_reason = self._rebuild_reason(store, rebuild)
             files, skipped = discover(self.root, exclude=self.index_dir)
             for item in skipped:
                 self.reporter.skipped(item.path, item.reason)
-            report.skipped = len(skipped)
-            pending = self._plan(store, files, report)
-            self._embed_and_store(store, pending, report)
+            report.skipped += len(skipped)
+            report.outside_links += sum(item.outside for item in skipped)
+            keep = store is not None and rebuild_reason is None
+            plan = self._plan(store.files() if keep else {}, store.file_chunks() if keep else {}, files, report)
+            self._check_index_type(plan.chunks)
+            if store is None:
+                self.index_dir.mkdir(parents=True, exist_ok=True)
+                store = Store(self.index_dir / STORE, create=True)
+            removed = remove_stale_temporaries(self.index_dir, (FAISS_FILE, IDS_FILE, EMBEDDINGS_FILE, MANIFEST))
+            if removed:
+                noun = "file" if len(removed) == 1 else "files"
+                self.reporter.note(f"removed {len(removed)} temporary {noun} left by an interrupted run")
+            self._record_settings(store, rebuild_reason, report)
+            self._apply(store, plan)
+            self._embed_and_store(store, plan.pending, report)
             report.chunks_total = store.live_count()
             self._export_if_needed(store, report)
         finally:
-            store.close()
+            if store is not None:
+                store.close()
         report.seconds = time.perf_counter() - began
         return report
 
+    def checkup(self) -> Checkup:
+        """The checks `update` makes before embedding, in the same order, without writing."""
+        path = self.index_dir / STORE
+        if not path.is_file():
+            return Checkup("build", f"no index for {self.root}")
+        try:
+            store = self._open_store(rebuild=False)
+        except KnowledgeIndexError as error:
+            return Checkup("refuse", str(error))
+        try:
+            reason = self._rebuild_reason(store, rebuild=False)
+            if reason:
+                return Checkup("reembed", reason)
+            problem = self._index_type_problem(store.live_count())
+            if problem:
+                return Checkup("refuse", problem)
+            damage, stale = self._export_reasons(store)
+            if damage:
+                return Checkup("repair", damage)
+            return Checkup("refresh", stale) if stale else Checkup("none")
+        finally:
+            store.close()
+
     # steps
 
-    def _open_store(self, report: UpdateReport) -> Store:
+    def _open_store(self, rebuild: bool, report: UpdateReport | None = None) -> Store | None:
+        """The store, checked; None when there is none yet (or a damaged one was removed for a
+        rebuild). Another folder's store is refused unless rebuilding."""
         path = self.index_dir / STORE
-        try:
-            store = Store(path, create=True)
-            store.db.execute("SELECT COUNT(*) FROM files").fetchone()
-            return store
-        except (KnowledgeIndexError, sqlite3.DatabaseError) as error:
+        if not path.is_file():
+            return None
+        problem = store_problem(path)
+        if problem and not rebuild:
+            raise KnowledgeIndexError.corrupt(path, problem, self.root)
+        if problem:
             for name in (STORE, STORE + "-wal", STORE + "-shm", MANIFEST):
                 (self.index_dir / name).unlink(missing_ok=True)
-            report.rebuilt_reason = f"the index store was unreadable ({error})"
-            self.reporter.note(f"rebuilding: {report.rebuilt_reason}")
-            return Store(path, create=True)
+            if report is not None:
+                report.rebuilt_reason = f"the index store was damaged ({problem})"
+            self.reporter.note(f"rebuilding: {report.rebuilt_reason if report else problem}")
+            return None
+        store = Store(path)
+        built_for = (store.meta("settings") or {}).get("root")
+        if not rebuild and built_for not in (None, str(self.root)):
+            try:
+                check_folder(self.index_dir, built_for, self.root)
+            except KnowledgeIndexError:
+                store.close()
+                raise
+            self.reporter.note(f"the knowledge folder moved here from {built_for}")
+        return store
 
-    def _check_settings(self, store: Store, report: UpdateReport, rebuild: bool) -> None:
-        current = {**self.settings.as_json(), "root": str(self.root)}
+    def _rebuild_reason(self, store: Store | None, rebuild: bool) -> str | None:
+        """Why every file must be embedded again, or None."""
+        if rebuild:
+            return "requested with --rebuild"
+        if store is None:
+            return None
         stored = store.meta("settings")
-        reason = "requested with --rebuild" if rebuild else None
         if stored is None:
-            reason = None if not store.files() else "the index has no recorded settings"
-        elif reason is None:
-            reason = explain_change(stored, current)
-            if reason is None and stored.get("root") != current["root"]:
-                reason = f"the index was built for another folder ({stored.get('root')})"
+            return "the index has no recorded settings" if store.files() else None
+        return explain_change(stored, self.settings.as_json())
+
+    def _record_settings(self, store: Store, reason: str | None, report: UpdateReport) -> None:
         if reason:
-            report.rebuilt_reason = reason
+            report.rebuilt_reason = report.rebuilt_reason or reason
             self.reporter.note(f"rebuilding the whole index: {reason}")
         with store.transaction():
             if reason:
                 store.reset()
                 store.bump_generation()
-            store.set_meta("settings", current)
+            store.set_meta("settings", {**self.settings.as_json(), "root": str(self.root)})
             store.set_meta("format_version", FORMAT_VERSION)
 
-    def _plan(self, store: Store, files: list[Path], report: UpdateReport) -> list[_Pending]:
-        known = store.files()
+    def _plan(self, known: dict[str, tuple[int, int, str]], known_chunks: dict[str, int], files: list[Path],
+              report: UpdateReport) -> _Plan:
+        """What to embed, touch and retire, given the files the store knows; writes nothing."""
+        plan = _Plan()
         seen: set[str] = set()
-        pending: list[_Pending] = []
         report.files = len(files)
         for path in files:
-            rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+            rel = path.relative_to(self.root).as_posix()
+            path = path.resolve()  # read where it is, checked once more to be inside the folder
+            if not path.is_relative_to(self.root):
+                self.reporter.skipped(rel, f"symbolic link to {path}, outside the knowledge folder")
+                report.skipped += 1
+                report.outside_links += 1
+                continue
             seen.add(rel)
             try:
                 info = path.stat()
@@ -177,6 +265,7 @@ class Indexer:
             previous = known.get(rel)
             if previous and previous[:2] == (info.st_size, info.st_mtime_ns):
                 report.unchanged += 1
+                plan.chunks += known_chunks[rel]
                 continue
             try:
                 digest = sha256_file(path)
@@ -186,10 +275,9 @@ class Indexer:
                 continue
             stat = (info.st_size, info.st_mtime_ns, digest)
             if previous and previous[2] == digest:  # touched, not changed
-                with store.transaction():
-                    store.db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-                                     (info.st_size, info.st_mtime_ns, rel))
+                plan.touched.append((rel, info.st_size, info.st_mtime_ns))
                 report.unchanged += 1
+                plan.chunks += known_chunks[rel]
                 continue
             try:
                 chunks = chunk_passages(read_passages(path), self.settings.chunking)
@@ -197,29 +285,45 @@ class Indexer:
                 self.reporter.skipped(rel, str(error))
                 report.skipped += 1
                 if previous:
-                    with store.transaction():
-                        store.retire_file(rel)
-                        store.bump_generation()
+                    plan.retire.append(rel)
                 continue
             if previous:
                 report.changed += 1
             else:
                 report.added += 1
             langs = [detect_language(c.text, self.settings.languages) for c in chunks]
-            pending.append(_Pending(rel, stat, chunks, langs))
+            plan.pending.append(_Pending(rel, stat, chunks, langs))
+            plan.chunks += len(chunks)
         gone = [rel for rel in known if rel not in seen]
-        if gone:
-            with store.transaction():
-                for rel in gone:
-                    store.retire_file(rel)
+        plan.retire.extend(gone)
+        report.deleted = len(gone)
+        return plan
+
+    def _check_index_type(self, chunks: int) -> None:
+        problem = self._index_type_problem(chunks)
+        if problem:
+            raise KnowledgeIndexError(problem)
+
+    def _index_type_problem(self, chunks: int) -> str | None:
+        reason = unbuildable(self.index_type, chunks)
+        return f"{self.root}: {reason}" if reason else None
+
+    def _apply(self, store: Store, plan: _Plan) -> None:
+        if not plan.touched and not plan.retire:
+            return
+        with store.transaction():
+            for rel, size, mtime in plan.touched:
+                store.db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime, rel))
+            for rel in plan.retire:
+                store.retire_file(rel)
+            if plan.retire:
                 store.bump_generation()
-            report.deleted = len(gone)
-        return pending
 
     def _embed_and_store(self, store: Store, pending: list[_Pending], report: UpdateReport) -> None:
         if not pending:
             return
         total = sum(len(p.chunks) for p in pending)
+        self.encoder()  # loaded before the progress bar starts, which would stand still meanwhile
         self.reporter.planned(len(pending), total)
         group: list[_Pending] = []
         size = 0
@@ -235,7 +339,7 @@ class Indexer:
     def _commit_group(self, store: Store, group: list[_Pending], report: UpdateReport) -> None:
         texts = [c.text for item in group for c in item.chunks]
         langs = [lang for item in group for lang in item.langs]
-        vectors = self.encoder.embed(texts, langs, progress=self.reporter.embedded)
+        vectors = self.encoder().embed(texts, langs, progress=self.reporter.embedded)
         with store.transaction():
             offset = 0
             for item in group:
@@ -248,30 +352,45 @@ class Indexer:
         for item in group:
             self.reporter.file_done(item.path)
 
-    @property
     def encoder(self) -> EmbeddingEncoder:
         if self._encoder is None:
-            self.reporter.note("loading the text encoder")
-            self._encoder = self._load_encoder()
+            with self.reporter.loading("the text encoder"):
+                self._encoder = self._load_encoder()
         return self._encoder
 
     def _export_if_needed(self, store: Store, report: UpdateReport) -> None:
-        generation = int(store.meta("generation", 0))
-        try:
-            manifest = read_manifest(self.index_dir)
-        except KnowledgeIndexError:
-            manifest = None
-        fresh = (manifest is not None and manifest.get("generation") == generation
-                 and artifacts_look_intact(self.index_dir, manifest)
-                 and manifest["index"].get("requested", "auto") == self.index_type)
-        if fresh:
-            report.index_type = manifest["index"]["type"]
+        damage, stale = self._export_reasons(store)
+        if not damage and not stale:
+            report.index_type = read_manifest(self.index_dir)["index"]["type"]
             return
-        self.reporter.note("writing the search index")
+        if damage:
+            report.repaired = damage
+            self.reporter.note(f"repairing the search files from the index store: {damage}")
+        else:
+            self.reporter.note("writing the search index")
         export(store, self.index_dir, self.index_type)
         store.purge_dead()
         report.exported = True
         report.index_type = read_manifest(self.index_dir)["index"]["type"]
+
+    def _export_reasons(self, store: Store) -> tuple[str | None, str | None]:
+        """(damage, staleness): why the search files must be written again from the store. Damage
+        is found only in files that would otherwise be kept, by reading them whole."""
+        try:
+            manifest = read_manifest(self.index_dir)
+        except KnowledgeIndexError:
+            return f"{MANIFEST}: the file is unreadable", None
+        if manifest is None:
+            return None, UNFINISHED
+        if manifest["format_version"] != FORMAT_VERSION:
+            return None, f"the search files were written by an earlier version (format {manifest['format_version']})"
+        if manifest.get("generation") != int(store.meta("generation", 0)):
+            return None, "the store has changed since the search files were written"
+        if manifest["index"].get("requested", "auto") != self.index_type:
+            return None, f"index type {self.index_type} is requested"
+        if manifest.get("knowledge_dir") != str(self.root):
+            return None, f"the knowledge folder is now {self.root}"
+        return search_files_damage(self.index_dir, manifest), None
 
 
 def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -314,7 +433,7 @@ def export(store: Store, index_dir: Path, requested: IndexType = "auto") -> dict
     params["requested"] = requested
     _save_npy(index_dir / IDS_FILE, ids)
     _save_npy(index_dir / EMBEDDINGS_FILE, vectors)
-    artifacts = {name: file_fingerprint(index_dir / name)
+    artifacts = {name: file_checksums(index_dir / name)
                  for name in (FAISS_FILE, IDS_FILE, EMBEDDINGS_FILE) if (index_dir / name).exists()}
     settings = store.meta("settings") or {}
     files = {path: {"size": size, "mtime_ns": mtime, "sha256": sha}
@@ -335,6 +454,24 @@ def export(store: Store, index_dir: Path, requested: IndexType = "auto") -> dict
     }
     write_manifest(index_dir, manifest)
     return manifest
+
+
+def search_files_damage(index_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the exported files, or None: each is checked whole against the size and
+    SHA-256 the manifest recorded, and the arrays against the manifest's chunk count and dimension."""
+    chunks = int(manifest.get("chunks", 0))
+    required = (IDS_FILE, EMBEDDINGS_FILE) + ((FAISS_FILE,) if chunks else ())
+    problem = verify_artifacts(index_dir, manifest, required)
+    if problem:
+        return problem
+    for name, shape in ((IDS_FILE, (chunks,)), (EMBEDDINGS_FILE, (chunks, int(manifest.get("dim", 0))))):
+        try:
+            array = np.load(index_dir / name, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            return f"{name}: the file is unreadable ({error})"
+        if array.shape != shape:
+            return f"{name}: the file holds an array of shape {array.shape}, the manifest says {shape}"
+    return None
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

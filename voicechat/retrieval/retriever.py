@@ -206,8 +206,8 @@ def load_retriever(config, modes: set[str], knowledge_dir: str | None = None) ->
     ``config`` is the whole Config: this is where the model and retrieval sections meet."""
     from voicechat.retrieval import index_location
 
-    _, index_dir = index_location(config.retrieval, config.resolve_path, knowledge_dir)
-    index = KnowledgeIndex.open(index_dir)
+    knowledge, index_dir = index_location(config.retrieval, config.resolve_path, knowledge_dir)
+    index = KnowledgeIndex.open(index_dir, knowledge)
     retriever = Retriever(index, config.retrieval)
     try:
         load_modes(retriever, config, modes)

@@ -98,6 +98,9 @@ class Store:
         self.db.execute("UPDATE chunks SET live = 0 WHERE file = ?", (path,))
         self.db.execute("DELETE FROM files WHERE path = ?", (path,))
 
+    def file_chunks(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT path, chunks FROM files"))
+
     def live_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM chunks WHERE live = 1").fetchone()[0])
 
@@ -163,6 +166,30 @@ class Store:
     def passage_count(self) -> int:
         return int(self.db.execute(
             "SELECT COUNT(DISTINCT passage_id) FROM chunks WHERE live = 1").fetchone()[0])
+
+
+def store_problem(path: Path) -> str | None:
+    """Why the store at ``path`` cannot be trusted, or None: SQLite's check of its pages and
+    indexes, and every live vector of the recorded dimension. Reads only; one pass over the file."""
+    try:
+        db = sqlite3.connect(str(path), timeout=30)
+    except sqlite3.DatabaseError as error:
+        return str(error)
+    try:
+        found = [line for row in db.execute("PRAGMA quick_check(3)") for line in str(row[0]).splitlines()
+                 if line.strip() and not line.startswith("***")]  # "*** in database main ***" heads a list
+        if found != ["ok"]:
+            return found[0][:200] if found else "SQLite's check failed"
+        row = db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+        dim = int(json.loads(row[0])) if row else 0
+        wrong = db.execute("SELECT COUNT(*) FROM chunks WHERE live = 1 AND length(vector) != ?", (4 * dim,)).fetchone()[0]
+        if wrong:
+            return f"{wrong} stored vectors are not of the recorded dimension {dim}"
+    except (sqlite3.DatabaseError, ValueError) as error:
+        return str(error)
+    finally:
+        db.close()
+    return None
 
 
 class _Transaction:
