@@ -142,12 +142,12 @@ class Scopes:
         spec = sonar_spec(self.config.models.sonar_text, self.config.resolve_path)
         return Settings(encoder_identity(spec), self.retrieval.languages, self.retrieval.chunking)
 
-    def update(self, knowledge: Path, index_dir: Path, reporter=None):
+    def update(self, knowledge: Path, index_dir: Path, reporter=None, index_type: str | None = None):
         """Builds or updates the index of a folder with the loaded text encoder."""
         from voicechat.retrieval.indexer import Indexer
 
         return Indexer(knowledge, index_dir, self.settings(), lambda: self.text_encoder, reporter,
-                       self.retrieval.index_type).update()
+                       index_type or self.retrieval.index_type).update()
 
     def open(self, index_dir: Path):
         from voicechat.retrieval.index import KnowledgeIndex
@@ -165,7 +165,7 @@ class Scopes:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 text = f"{doc.title}: {doc.text}" if doc.title else doc.text
                 path.write_text(" ".join(text.split()) + "\n", encoding="utf-8")
-        self.update(knowledge, index_dir)
+        self.update(knowledge, index_dir, index_type="auto")  # a few passages: the configured type may not fit
         return self.open(index_dir)
 
     def per_question(self, questions: list[Question], scope: str,
