@@ -62,6 +62,7 @@ class ModelsConfig:
     sonar_speech: ModelSpec = ModelSpec("sonar_speech_encoder_eng")
     sonar_text: ModelSpec = ModelSpec("text_sonar_basic_encoder")
     asr: ModelSpec = ModelSpec("openai/whisper-large-v3")
+    turn: ModelSpec = ModelSpec("pipecat-ai/smart-turn-v3", device="cpu")  # end of turn (audio.turn: smart)
     cache_dir: str | None = None
 
 
@@ -171,6 +172,9 @@ DEFAULT_VOICES: dict[str, VoicePreset] = {
 # questions (scripts/bench_audio.py): pauses inside a question of up to about 1.0 s (relaxed),
 # 0.5 s (default) and 0.2 s (aggressive) do not split it, even with noise at 10 dB SNR.
 VAD_PRESETS: dict[str, int] = {"relaxed": 1200, "default": 700, "aggressive": 400}
+# With audio.turn: smart, the end-of-turn model's probability that ends an utterance before that
+# silence, per preset (scripts/bench_turn.py).
+TURN_THRESHOLDS: dict[str, float] = {"relaxed": 0.9, "default": 0.7, "aggressive": 0.5}
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,10 @@ class VadConfig:
     noise_window_s: float = field(default=3.0, metadata=_range(0.5, 60))  # noise floor memory
     tail_ms: int = field(default=150, metadata=_range(0, 2000))  # audio kept after the speech
     level_interval_ms: int = field(default=50, metadata=_range(10, 1000))
+    # audio.turn: smart: the end-of-turn model is asked after this much silence, and again after each
+    # further turn_check_ms; it ends the utterance when it says "complete" with this probability
+    turn_check_ms: int = field(default=150, metadata=_range(30, 2000))
+    turn_threshold: float | None = field(default=None, metadata=_range(0.0, 1.0))  # None: preset
 
     @property
     def trailing_ms(self) -> int:
@@ -212,6 +220,7 @@ class AudioConfig:
     barge_in: bool = False  # speech during playback interrupts it (use headphones)
     echo_tail_ms: int = field(default=300, metadata=_range(0, 5000))  # half-duplex: deaf after playback
     capture_block_ms: int = field(default=40, metadata=_range(5, 200))  # 40: <2% CPU idle
+    turn: Literal["silence", "smart"] = "smart"  # how the end of a question is decided
     vad: VadConfig = VadConfig()
     playback: PlaybackConfig = PlaybackConfig()
 
