@@ -24,9 +24,9 @@ HUB_FILES: dict[str, list[str]] = {
     "speech_tokenizer": ["*.json", "*.safetensors"],
     "decoder": ["config.yaml", "flow.pt", "hift.pt"],
     "asr": ["*.json", "model.safetensors", "*.txt"],
-    "turn": ["smart-turn-v3.2-cpu.onnx"],
+    "turn": ["smart-turn-v3.2-cpu.onnx"],  # int8, for CPUs; the repo also has a GPU variant
 }
-TURN_MODEL_FILE = "smart-turn-v3.2-cpu.onnx"  # int8, for CPUs; the repo also has a GPU variant
+TURN_MODEL_FILE = HUB_FILES["turn"][0]
 
 ROLE_NAMES: dict[str, str] = {
     "lm": "voice language model",
