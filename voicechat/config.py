@@ -172,9 +172,26 @@ DEFAULT_VOICES: dict[str, VoicePreset] = {
 # questions (scripts/bench_audio.py): pauses inside a question of up to about 1.0 s (relaxed),
 # 0.5 s (default) and 0.2 s (aggressive) do not split it, even with noise at 10 dB SNR.
 VAD_PRESETS: dict[str, int] = {"relaxed": 1200, "default": 700, "aggressive": 400}
-# With audio.turn: smart, the end-of-turn model's probability that ends an utterance before that
-# silence, per preset (scripts/bench_turn.py).
-TURN_THRESHOLDS: dict[str, float] = {"relaxed": 0.9, "default": 0.7, "aggressive": 0.5}
+
+
+class TurnPreset(typing.NamedTuple):
+    """audio.turn: smart: after ``silence_ms`` the end-of-turn model is asked; a probability of at
+    least ``threshold`` ends the utterance, else it ends after ``longest_ms`` of silence."""
+
+    silence_ms: int
+    threshold: float
+    longest_ms: int
+
+
+# Chosen from the trade-off curve of scripts/bench_turn.py (Piper questions with a 0.3-1.0 s pause
+# inside, 20/10/5 dB SNR): default cuts no more questions inside their pause than the silence
+# preset of the same name and decides sooner; aggressive likewise; relaxed decides sooner but cuts
+# more than its 1.2 s silence.
+TURN_PRESETS: dict[str, TurnPreset] = {
+    "relaxed": TurnPreset(600, 0.98, 1200),
+    "default": TurnPreset(300, 0.9, 1200),
+    "aggressive": TurnPreset(150, 0.5, 700),
+}
 
 
 @dataclass(frozen=True)
@@ -194,15 +211,27 @@ class VadConfig:
     noise_window_s: float = field(default=3.0, metadata=_range(0.5, 60))  # noise floor memory
     tail_ms: int = field(default=150, metadata=_range(0, 2000))  # audio kept after the speech
     level_interval_ms: int = field(default=50, metadata=_range(10, 1000))
-    # audio.turn: smart: the end-of-turn model is asked after this much silence, and again after each
-    # further turn_check_ms; it ends the utterance when it says "complete" with this probability
+    # audio.turn: smart: the end-of-turn model is asked after turn_silence_ms of silence, and again
+    # after each further turn_check_ms; it ends the utterance when it says "complete" with
+    # turn_threshold; None: from the preset (TURN_PRESETS)
+    turn_silence_ms: int | None = field(default=None, metadata=_range(30, 10000))
     turn_check_ms: int = field(default=150, metadata=_range(30, 2000))
-    turn_threshold: float | None = field(default=None, metadata=_range(0.0, 1.0))  # None: preset
+    turn_threshold: float | None = field(default=None, metadata=_range(0.0, 1.0))
 
     @property
     def trailing_ms(self) -> int:
         """The trailing silence in effect: the explicit value, else the preset's."""
         return self.trailing_silence_ms if self.trailing_silence_ms is not None else VAD_PRESETS[self.preset]
+
+    @property
+    def smart(self) -> TurnPreset:
+        """What audio.turn: smart uses: the explicit values, else the preset's."""
+        preset = TURN_PRESETS[self.preset]
+        return TurnPreset(
+            self.turn_silence_ms if self.turn_silence_ms is not None else preset.silence_ms,
+            self.turn_threshold if self.turn_threshold is not None else preset.threshold,
+            self.trailing_silence_ms if self.trailing_silence_ms is not None else preset.longest_ms,
+        )
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ ROLE_NAMES: dict[str, str] = {
     "sonar_speech": "SONAR speech encoder",
     "sonar_text": "SONAR text encoder",
     "asr": "ASR model (Whisper)",
-    "turn": "end-of-turn model (Smart Turn v3.2)",
+    "turn": "end-of-turn model",
 }
 
 PULL_HINT = "run `voicechat models pull` where the model hub can be reached"

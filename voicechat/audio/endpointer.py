@@ -11,10 +11,11 @@ buffer, as in py-webrtcvad's example); its audio begins ``preroll_ms`` before th
 frame of that window. It ends after ``trailing_silence_ms`` without speech, or at
 ``max_utterance_s``. Utterances shorter than ``min_utterance_ms`` are discarded.
 
-With a :class:`~voicechat.audio.turn.TurnDetector` (``audio.turn: smart``), a frame is speech only
-when Silero VAD agrees, and once ``turn_check_ms`` of silence follow speech the end-of-turn model
-is asked, again every ``turn_check_ms``: the utterance ends as soon as it says the turn is complete
-(reason ``complete``), else at the trailing silence as before.
+With a :class:`~voicechat.audio.turn.TurnDetector` (``audio.turn: smart``), Silero VAD confirms
+webrtcvad: an utterance starts only on frames both take for speech, and once both have heard
+``turn_silence_ms`` of silence after speech the end-of-turn model is asked, again every
+``turn_check_ms``: the utterance ends as soon as it says the turn is complete (reason
+``complete``), else after the preset's longest silence (``VadConfig.smart``).
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ class Endpointer:
         self._vad = webrtcvad.Vad(config.aggressiveness)
         self.frame_len = MODEL_RATE * config.frame_ms // 1000
         self._frame_s = config.frame_ms / 1000.0
-        self._trailing = _frames(config.trailing_ms, config.frame_ms)
+        self._trailing = _frames(config.trailing_ms if turn is None else config.smart.longest_ms, config.frame_ms)
+        self._first_check = _frames(config.smart.silence_ms, config.frame_ms)
         self._check = _frames(config.turn_check_ms, config.frame_ms)
         self._silent = 0  # speechless frames since the last speech frame of the utterance
+        self._quiet = 0  # frames since Silero last heard speech
         self._preroll = _frames(config.preroll_ms, config.frame_ms, at_least=0)
         self._tail = _frames(config.tail_ms, config.frame_ms, at_least=0)
         self._start_speech = _frames(config.start_speech_ms, config.frame_ms)
@@ -132,10 +135,13 @@ class Endpointer:
         speech = dbfs > self._floor + self.config.energy_margin_db and self._vad.is_speech(
             frame.tobytes(), MODEL_RATE
         )
+        confirmed = speech
         if self.turn is not None:
-            speech = self.turn.speech(frame) and speech  # Silero hears every frame, to keep its state
+            voice = self.turn.speech(frame, speech)  # Silero hears every frame, to keep its state
+            self._quiet = 0 if voice else self._quiet + 1
+            confirmed = speech and voice
         self._recent.append(frame)
-        self._window.append(speech)
+        self._window.append(confirmed)
         events: list[Event] = []
         if self._utterance is None:
             if sum(self._window) >= self._start_speech:
@@ -177,7 +183,8 @@ class Endpointer:
             return "silence"
         if len(self._utterance) >= self._max_frames:
             return "max_length"
-        if self.turn is not None and self._silent and self._silent % self._check == 0:
+        pause = min(self._silent, self._quiet) - self._first_check  # both VADs hear silence
+        if self.turn is not None and pause >= 0 and pause % self._check == 0:
             if self.turn.complete(np.concatenate(self._utterance)):
                 return "complete"
         return None

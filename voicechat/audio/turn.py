@@ -183,10 +183,11 @@ class TurnDetector:
         self._voice = 0.0
         self._in_speech = False
 
-    def speech(self, frame: np.ndarray) -> bool:
-        """Whether Silero hears speech at the end of this int16 frame (True without Silero)."""
+    def speech(self, frame: np.ndarray, heard: bool) -> bool:
+        """Whether Silero hears speech at the end of this int16 frame; without Silero, what the
+        endpointer ``heard``."""
         if self.silero is None:
-            return True
+            return heard
         steps = self.silero.push(frame.astype(np.float32) / 32768.0)
         if steps:
             self._voice = steps[-1]
@@ -215,7 +216,6 @@ def turn_model_file(path: Path) -> Path:
 def load_turn_detector(config) -> tuple[TurnDetector | None, str | None]:
     """For ``audio.turn: smart``: the detector, or None and one line saying why the conversation
     falls back to the silence endpointer (a missing or broken model must not stop it)."""
-    from voicechat.config import TURN_THRESHOLDS
     from voicechat.models import resolve_model
 
     if config.audio.turn != "smart":
@@ -225,6 +225,4 @@ def load_turn_detector(config) -> tuple[TurnDetector | None, str | None]:
         silero = SileroVad.load()
     except ModelError as error:
         return None, f"{error}; ending turns after silence instead"
-    vad = config.audio.vad
-    threshold = vad.turn_threshold if vad.turn_threshold is not None else TURN_THRESHOLDS[vad.preset]
-    return TurnDetector(model, threshold, silero), None
+    return TurnDetector(model, config.audio.vad.smart.threshold, silero), None

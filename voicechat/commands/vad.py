@@ -54,11 +54,12 @@ def run(args: argparse.Namespace, config) -> int:
         }
         for e in found
     ]
-    settings = {"preset": vad.preset, "trailing_silence_ms": vad.trailing_ms,
+    settings = {"preset": vad.preset, "trailing_silence_ms": vad.trailing_ms if turn is None else vad.smart.longest_ms,
                 "aggressiveness": vad.aggressiveness, "frame_ms": vad.frame_ms,
                 "turn": "smart" if turn is not None else "silence"}
     if turn is not None:
-        settings.update(turn_threshold=turn.threshold, turn_check_ms=vad.turn_check_ms)
+        settings.update(turn_silence_ms=vad.smart.silence_ms, turn_threshold=turn.threshold,
+                        turn_check_ms=vad.turn_check_ms)
     if args.json:
         print(json.dumps({"file": str(args.audio), "duration_s": round(pcm.size / 16000, 3),
                           "settings": settings, "utterances": rows}, indent=2))
