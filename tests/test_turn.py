@@ -8,12 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tests.support.piper_speech import QUESTIONS, say
+from tests.support.piper_speech import QUESTIONS, say, say_with_pause
 from tests.support.speech import RATE, noise, question, scene
 from voicechat.audio.endpointer import find_utterances
 from voicechat.audio.events import Level, UtteranceEnded
 from voicechat.audio.turn import SileroVad, SmartTurn, TurnDetector, load_turn_detector, log_mel_features
-from voicechat.config import Config, VadConfig
+from voicechat.config import TURN_PRESETS, Config, VadConfig
 from voicechat.errors import ModelError
 
 
@@ -48,7 +48,7 @@ def test_features_equal_whisper_feature_extractor_for_the_last_8_seconds():
 
 
 def test_turn_model_that_says_complete_ends_the_utterance_after_the_first_check():
-    config = VadConfig(preset="relaxed", turn_check_ms=150)
+    config = VadConfig(preset="relaxed", turn_silence_ms=150)
     speech = scene([1.0, question("en-first"), 2.0])  # no pause inside
     (_, true_end), = speech.speech
     ended, = utterances(find_utterances(speech.samples, config, TurnDetector(Constant(0.9), 0.5)))
@@ -56,14 +56,15 @@ def test_turn_model_that_says_complete_ends_the_utterance_after_the_first_check(
     assert ended.t <= true_end + 0.15 + 0.1  # one check after the end, give or take a syllable's decay
 
 
-def test_turn_model_that_says_unfinished_leaves_the_end_to_the_trailing_silence():
+def test_turn_model_that_says_unfinished_leaves_the_end_to_the_longest_silence():
     config = VadConfig(preset="default")
     speech = scene([1.0, question("en"), 2.0])
     model = Constant(0.1)
     ended, = utterances(find_utterances(speech.samples, config, TurnDetector(model, 0.5)))
     assert ended.reason == "silence"
     assert model.calls >= 1
-    silence_only, = utterances(find_utterances(speech.samples, config))
+    longest = VadConfig(trailing_silence_ms=config.smart.longest_ms)  # the preset's longest wait
+    silence_only, = utterances(find_utterances(speech.samples, longest))
     assert ended.t == silence_only.t
 
 
@@ -97,20 +98,32 @@ def detector(path, threshold):
     return TurnDetector(SmartTurn.load(path), threshold, SileroVad.load())
 
 
+PAUSES = (0.3, 0.5, 0.7, 1.0)
+
+
+def spoken(number: int, pause: float, noise_dbfs: float):
+    first, second = QUESTIONS[number]
+    before, after = say_with_pause(first, second)
+    return f"{first} ... ({pause} s) ... {second}", scene([1.0, before, pause, after, 1.5], noise_dbfs, seed=number)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("preset", list(TURN_PRESETS))
 @pytest.mark.parametrize("noise_dbfs", [-40.0, -30.0, -25.0])  # 20, 10 and 5 dB SNR
-def test_spoken_question_with_a_pause_is_ended_once_within_the_longest_silence(smart_turn_path, noise_dbfs):
-    config = VadConfig(preset="default")
-    threshold = 0.7
-    for number, pause in enumerate((0.3, 0.5, 0.7, 1.0)):
-        first, second = QUESTIONS[number * 7]
-        speech = scene([1.0, say(first), pause, say(second), 1.5], noise_dbfs, seed=number)
+def test_question_is_not_cut_inside_a_pause_shorter_than_the_first_check_nor_ended_after_the_longest_silence(
+        smart_turn_path, preset, noise_dbfs):
+    config = VadConfig(preset=preset)
+    smart = config.smart
+    for number, pause in enumerate(PAUSES):
+        said, speech = spoken(number * 11 + len(preset), pause, noise_dbfs)
         (_, _), (second_start, true_end) = speech.speech
-        found = utterances(find_utterances(speech.samples, config, detector(smart_turn_path, threshold)))
-        assert found, f"{first} ... {second}: no utterance"
-        assert found[0].t >= second_start, f"{first} ... {second}: cut inside the {pause} s pause"
-        assert found[0].t <= true_end + config.trailing_ms / 1000 + config.frame_ms / 1000
-        assert found[0].start < second_start < found[0].end
+        found = utterances(find_utterances(speech.samples, config, detector(smart_turn_path, smart.threshold)))
+        assert found, f"{said}: no utterance"
+        assert found[0].t <= found[0].end + smart.longest_ms / 1000 + config.frame_ms / 1000
+        if pause * 1000 < smart.silence_ms:  # the model is not asked inside this pause
+            assert found[0].t >= second_start, f"{said}: cut inside the pause"
+        if found[0].t >= second_start:
+            assert found[0].t <= true_end + smart.longest_ms / 1000 + config.frame_ms / 1000
 
 
 @pytest.mark.slow
@@ -121,8 +134,8 @@ def test_finished_question_ends_sooner_than_the_silence_wait(smart_turn_path):
         first, second = QUESTIONS[number]
         speech = scene([1.0, say(f"{first} {second}"), 1.5], seed=number)
         (_, true_end), = speech.speech
-        ended = utterances(find_utterances(speech.samples, config, detector(smart_turn_path, 0.5)))[0]
-        faster += ended.t < true_end + config.trailing_ms / 1000 - 0.2
+        ended = utterances(find_utterances(speech.samples, config, detector(smart_turn_path, config.smart.threshold)))[0]
+        faster += ended.t < true_end + config.trailing_ms / 1000 - 0.2  # sooner than the silence preset
     assert faster >= 2
 
 

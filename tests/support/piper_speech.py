@@ -24,13 +24,14 @@ from tests.support.speech import speech_bounds
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("VOICECHAT_TEST_CACHE", Path.home() / ".cache" / "voicechat-tests"))
 
-# (first part, second part): the first part leaves the question unfinished.
+# (first part, second part): the first part leaves the question unfinished (no part is a question
+# on its own), so the pause between them is one the endpointer must bridge.
 QUESTIONS = [
-    ("What is the capital of France", "and how many people live there?"),
+    ("What is the capital of France and", "how many people live there?"),
     ("How long should I boil an egg if", "I want the yolk to stay soft?"),
     ("Can you tell me which planet", "has the most moons in the solar system?"),
     ("Why does the sky look blue during", "the day but red at sunset?"),
-    ("How do I adjust the brakes on my bicycle", "when they rub against the wheel?"),
+    ("How do I adjust the brakes on", "my bicycle when they rub against the wheel?"),
     ("What is the best way to", "store fresh basil in the kitchen?"),
     ("Could you explain how a heat pump", "keeps a house warm in winter?"),
     ("Which is the tallest mountain in", "South America and how high is it?"),
@@ -48,10 +49,10 @@ QUESTIONS = [
     ("Which vitamins are found in", "oranges and other citrus fruits?"),
     ("What happens to my body when", "I do not get enough sleep?"),
     ("How can I make my sourdough bread", "rise higher in the oven?"),
-    ("Who wrote the novel about a whale", "called Moby Dick?"),
+    ("Who wrote the famous novel about", "a whale called Moby Dick?"),
     ("Where can I find the settings for", "the microphone on this computer?"),
     ("What is a healthy resting heart rate for", "an adult who exercises every day?"),
-    ("How do airplanes stay in the air", "even though they are so heavy?"),
+    ("How do airplanes stay in the air even though", "they are so heavy?"),
     ("What is the quickest way to", "get from the airport to the city centre?"),
     ("Can dogs eat grapes or are they", "dangerous for them to eat?"),
     ("How much should I tip a waiter in", "a restaurant in New York?"),
@@ -101,6 +102,25 @@ def say(text: str) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, speech)
     return speech
+
+
+def say_with_pause(first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
+    """The question said in one breath with a comma between the parts, cut at the comma's silence:
+    the first part keeps the rising, unfinished tone of a speaker who is going on (said alone, it
+    would end like a finished sentence). Insert any pause between the two arrays."""
+    whole = say(f"{first}, {second}")
+    frames = whole[: whole.size // 160 * 160].reshape(-1, 160)  # 10 ms
+    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    quiet = level < level.max() - 40
+    runs, start = [], None
+    for index, flag in enumerate(quiet):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            runs.append((index - start, start, index))
+            start = None
+    _, begin, end = max(runs)  # the comma: the longest silence inside the speech
+    return whole[: begin * 160], whole[end * 160:]
 
 
 def smart_turn_file() -> Path | None:
