@@ -11,6 +11,7 @@ import pytest
 pytest_plugins = [
     "tests.support.decoder",
     "tests.support.lm",
+    "tests.support.piper_speech",
     "tests.support.pulse",
     "tests.support.retrieval",
     "tests.support.speech_tokenizer",

@@ -25,6 +25,35 @@ def test_vad_command_lists_the_utterances_of_a_recording_as_json(tmp_path, capsy
     assert kept[-1]["end"] == pytest.approx(recording.speech[1][1], abs=0.1)
 
 
+@pytest.mark.slow
+def test_vad_command_reports_when_the_end_of_turn_model_decided(tmp_path, capsys, smart_turn_path):
+    from tests.support.piper_speech import say
+
+    recording = scene([1.0, say("How many hours of sleep does a teenager need every night?"), 2.0])
+    path = tmp_path / "question.wav"
+    write_wav(path, recording.samples, RATE)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  turn:\n    source: {smart_turn_path}\n")
+    assert main(["--config", str(config), "vad", str(path), "--turn", "smart", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["turn"] == "smart"
+    utterance, = report["utterances"]
+    assert utterance["reason"] == "complete"
+    assert utterance["end"] < utterance["decided"] < recording.speech[0][1] + report["settings"]["trailing_silence_ms"] / 1000
+
+
+def test_vad_command_without_the_turn_model_warns_once_and_ends_turns_after_silence(tmp_path, capsys):
+    recording = scene([1.0, question("en"), 2.0])
+    path = tmp_path / "question.wav"
+    write_wav(path, recording.samples, RATE)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  turn:\n    source: {tmp_path / 'absent.onnx'}\n")
+    assert main(["--config", str(config), "vad", str(path), "--turn", "smart", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["settings"]["turn"] == "silence"
+    assert captured.err.count("\n") == 1 and "ending turns after silence instead" in captured.err
+
+
 def test_vad_command_on_a_missing_file_is_one_line_error(tmp_path, capsys):
     assert main(["vad", str(tmp_path / "nothing.wav")]) == 2
     assert "no such audio file" in capsys.readouterr().err

@@ -231,3 +231,23 @@ def test_microphone_gone_mid_stream_is_reported_and_listening_can_restart(tmp_pa
     assert "FAILED: the input device 'default' stopped delivering audio" in done.stdout
     assert "SPEAKER: the output device 'default' stopped playing" in done.stdout
     assert "LISTENING AGAIN" in done.stdout
+
+
+@pytest.mark.slow
+def test_finished_question_into_the_microphone_ends_before_the_silence_wait(pulse, smart_turn_path):
+    from tests.support.piper_speech import say
+    from voicechat.audio.turn import SileroVad, SmartTurn, TurnDetector
+
+    config = AudioConfig()
+    spoken = say("How many hours of sleep does a teenager need every night?")
+    events: queue.Queue = queue.Queue()
+    listener = Listener(config, events.put, turn=TurnDetector(SmartTurn.load(smart_turn_path), 0.5, SileroVad.load()))
+    listener.start()
+    try:
+        pulse.play(np.concatenate([np.zeros(RATE // 2, np.float32), spoken, np.zeros(2 * RATE, np.float32)]), RATE)
+        utterance = next_event(events, UtteranceEnded)
+    finally:
+        listener.stop()
+    assert utterance.reason == "complete"
+    assert utterance.decision_delay < config.vad.trailing_ms / 1000
+    assert best_match(utterance.audio.astype(np.float32) / 32768, spoken)[0] > 0.99

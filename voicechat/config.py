@@ -62,6 +62,7 @@ class ModelsConfig:
     sonar_speech: ModelSpec = ModelSpec("sonar_speech_encoder_eng")
     sonar_text: ModelSpec = ModelSpec("text_sonar_basic_encoder")
     asr: ModelSpec = ModelSpec("openai/whisper-large-v3")
+    turn: ModelSpec = ModelSpec("pipecat-ai/smart-turn-v3", device="cpu")  # end of turn (audio.turn: smart)
     cache_dir: str | None = None
 
 
@@ -173,6 +174,28 @@ DEFAULT_VOICES: dict[str, VoicePreset] = {
 VAD_PRESETS: dict[str, int] = {"relaxed": 1200, "default": 700, "aggressive": 400}
 
 
+class TurnPreset(typing.NamedTuple):
+    """audio.turn: smart: after ``silence_ms`` the end-of-turn model is asked; a probability of at
+    least ``threshold`` ends the utterance, else it ends after ``longest_ms`` of silence."""
+
+    silence_ms: int
+    threshold: float
+    longest_ms: int
+
+
+# Chosen from the trade-off curve of scripts/bench_turn.py (Piper questions with a 0.3-1.0 s pause
+# inside, 20/10/5 dB SNR). default: fewer questions cut inside 0.3, 0.5 and 1.0 s pauses than the
+# 700 ms silence and a decision ~30 ms sooner (p50 589 ms); aggressive: as few cuts as its 400 ms
+# silence, decided after 136 ms instead of 366 (p50); relaxed: decided after 811 ms instead of
+# 1121 (p50) but cuts more 0.7-1.0 s pauses than its 1.2 s silence. The model hears these
+# synthetic unfinished phrases as finished too often for an earlier first check.
+TURN_PRESETS: dict[str, TurnPreset] = {
+    "relaxed": TurnPreset(600, 0.98, 1200),
+    "default": TurnPreset(450, 0.5, 1200),
+    "aggressive": TurnPreset(150, 0.5, 700),
+}
+
+
 @dataclass(frozen=True)
 class VadConfig:
     """Endpointing: when the user has started and finished speaking."""
@@ -190,11 +213,27 @@ class VadConfig:
     noise_window_s: float = field(default=3.0, metadata=_range(0.5, 60))  # noise floor memory
     tail_ms: int = field(default=150, metadata=_range(0, 2000))  # audio kept after the speech
     level_interval_ms: int = field(default=50, metadata=_range(10, 1000))
+    # audio.turn: smart: the end-of-turn model is asked after turn_silence_ms of silence, and again
+    # after each further turn_check_ms; it ends the utterance when it says "complete" with
+    # turn_threshold; None: from the preset (TURN_PRESETS)
+    turn_silence_ms: int | None = field(default=None, metadata=_range(30, 10000))
+    turn_check_ms: int = field(default=150, metadata=_range(30, 2000))
+    turn_threshold: float | None = field(default=None, metadata=_range(0.0, 1.0))
 
     @property
     def trailing_ms(self) -> int:
         """The trailing silence in effect: the explicit value, else the preset's."""
         return self.trailing_silence_ms if self.trailing_silence_ms is not None else VAD_PRESETS[self.preset]
+
+    @property
+    def smart(self) -> TurnPreset:
+        """What audio.turn: smart uses: the explicit values, else the preset's."""
+        preset = TURN_PRESETS[self.preset]
+        return TurnPreset(
+            self.turn_silence_ms if self.turn_silence_ms is not None else preset.silence_ms,
+            self.turn_threshold if self.turn_threshold is not None else preset.threshold,
+            self.trailing_silence_ms if self.trailing_silence_ms is not None else preset.longest_ms,
+        )
 
 
 @dataclass(frozen=True)
@@ -212,6 +251,7 @@ class AudioConfig:
     barge_in: bool = False  # speech during playback interrupts it (use headphones)
     echo_tail_ms: int = field(default=300, metadata=_range(0, 5000))  # half-duplex: deaf after playback
     capture_block_ms: int = field(default=40, metadata=_range(5, 200))  # 40: <2% CPU idle
+    turn: Literal["silence", "smart"] = "smart"  # how the end of a question is decided
     vad: VadConfig = VadConfig()
     playback: PlaybackConfig = PlaybackConfig()
 

@@ -151,8 +151,12 @@ class LiveConversation:
             self.emit(Notice("no microphone: press / to type your questions"))
             return
         from voicechat.audio.listener import Listener
+        from voicechat.audio.turn import load_turn_detector
 
-        listener = Listener(self.config.audio, self.session.on_audio, self.player)
+        turn, warning = load_turn_detector(self.config)  # audio.turn: smart
+        if warning:
+            self.emit(Notice(warning))
+        listener = Listener(self.config.audio, self.session.on_audio, self.player, turn=turn)
         try:
             listener.start()
             self.listener = listener

@@ -24,7 +24,9 @@ HUB_FILES: dict[str, list[str]] = {
     "speech_tokenizer": ["*.json", "*.safetensors"],
     "decoder": ["config.yaml", "flow.pt", "hift.pt"],
     "asr": ["*.json", "model.safetensors", "*.txt"],
+    "turn": ["smart-turn-v3.2-cpu.onnx"],  # int8, for CPUs; the repo also has a GPU variant
 }
+TURN_MODEL_FILE = HUB_FILES["turn"][0]
 
 ROLE_NAMES: dict[str, str] = {
     "lm": "voice language model",
@@ -33,6 +35,7 @@ ROLE_NAMES: dict[str, str] = {
     "sonar_speech": "SONAR speech encoder",
     "sonar_text": "SONAR text encoder",
     "asr": "ASR model (Whisper)",
+    "turn": "end-of-turn model",
 }
 
 PULL_HINT = "run `voicechat models pull` where the model hub can be reached"
@@ -70,6 +73,11 @@ def needed_roles(config: Config) -> list[str]:
     if retrieval.rag == "asr" or retrieval.two_round == "fallback":
         roles.append("asr")
     return roles
+
+
+def optional_roles(config: Config) -> list[str]:
+    """Models used when present; without them a feature falls back (the end-of-turn model)."""
+    return ["turn"] if config.audio.turn == "smart" else []
 
 
 def model_status(role: str, spec: ModelSpec, config: Config) -> ModelStatus:

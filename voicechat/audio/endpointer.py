@@ -10,18 +10,28 @@ An utterance starts when ``start_speech_ms`` of the last ``start_window_ms`` wer
 buffer, as in py-webrtcvad's example); its audio begins ``preroll_ms`` before the first speech
 frame of that window. It ends after ``trailing_silence_ms`` without speech, or at
 ``max_utterance_s``. Utterances shorter than ``min_utterance_ms`` are discarded.
+
+With a :class:`~voicechat.audio.turn.TurnDetector` (``audio.turn: smart``), Silero VAD confirms
+webrtcvad: an utterance starts only on frames both take for speech, and once both have heard
+``turn_silence_ms`` of silence after speech the end-of-turn model is asked, again every
+``turn_check_ms``: the utterance ends as soon as it says the turn is complete (reason
+``complete``), else after the preset's longest silence (``VadConfig.smart``).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from voicechat.audio.events import Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded
 from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import VadConfig
+
+if TYPE_CHECKING:
+    from voicechat.audio.turn import TurnDetector
 
 SILENCE_DBFS = -100.0  # the level reported for digital silence
 FLOOR_MIN_DBFS = -70.0  # the noise floor never goes below this
@@ -39,15 +49,21 @@ def frame_dbfs(frame: np.ndarray) -> float:
 class Endpointer:
     """Feed int16 16 kHz mono samples with :meth:`push`; get events back."""
 
-    def __init__(self, config: VadConfig = VadConfig(), origin: float = 0.0) -> None:
+    def __init__(self, config: VadConfig = VadConfig(), origin: float = 0.0,
+                 turn: TurnDetector | None = None) -> None:
         import webrtcvad
 
         self.config = config
+        self.turn = turn
         self.origin = origin  # the time of the first sample pushed
         self._vad = webrtcvad.Vad(config.aggressiveness)
         self.frame_len = MODEL_RATE * config.frame_ms // 1000
         self._frame_s = config.frame_ms / 1000.0
-        self._trailing = _frames(config.trailing_ms, config.frame_ms)
+        self._trailing = _frames(config.trailing_ms if turn is None else config.smart.longest_ms, config.frame_ms)
+        self._first_check = _frames(config.smart.silence_ms, config.frame_ms)
+        self._check = _frames(config.turn_check_ms, config.frame_ms)
+        self._silent = 0  # speechless frames since the last speech frame of the utterance
+        self._quiet = 0  # frames since Silero last heard speech
         self._preroll = _frames(config.preroll_ms, config.frame_ms, at_least=0)
         self._tail = _frames(config.tail_ms, config.frame_ms, at_least=0)
         self._start_speech = _frames(config.start_speech_ms, config.frame_ms)
@@ -106,6 +122,8 @@ class Endpointer:
         self._speech_frames = []
         self._window.clear()
         self._recent.clear()
+        if self.turn is not None:
+            self.turn.reset()
 
     # --- one frame --------------------------------------------------------------------------------
 
@@ -117,8 +135,13 @@ class Endpointer:
         speech = dbfs > self._floor + self.config.energy_margin_db and self._vad.is_speech(
             frame.tobytes(), MODEL_RATE
         )
+        confirmed = speech
+        if self.turn is not None:
+            voice = self.turn.speech(frame, speech)  # Silero hears every frame, to keep its state
+            self._quiet = 0 if voice else self._quiet + 1
+            confirmed = speech and voice
         self._recent.append(frame)
-        self._window.append(speech)
+        self._window.append(confirmed)
         events: list[Event] = []
         if self._utterance is None:
             if sum(self._window) >= self._start_speech:
@@ -126,6 +149,7 @@ class Endpointer:
         else:
             self._utterance.append(frame)
             self._speech_frames.append(speech)
+            self._silent = 0 if speech else self._silent + 1
             ended = self._ending_reason()
             if ended:
                 events.append(self._end(index, ended))
@@ -151,6 +175,7 @@ class Endpointer:
         self._utterance_first = index - kept + 1
         self._speech_frames = [False] * (kept - len(window) + first) + window[first:]
         self._speech_start = start_index
+        self._silent = 0
         return SpeechStarted(t=self._time(index + 1), start=self._time(start_index))
 
     def _ending_reason(self) -> str | None:
@@ -158,6 +183,10 @@ class Endpointer:
             return "silence"
         if len(self._utterance) >= self._max_frames:
             return "max_length"
+        pause = min(self._silent, self._quiet) - self._first_check  # both VADs hear silence
+        if self.turn is not None and pause >= 0 and pause % self._check == 0:
+            if self.turn.complete(np.concatenate(self._utterance)):
+                return "complete"
         return None
 
     def _end(self, index: int, reason: str) -> UtteranceEnded | UtteranceDiscarded:
@@ -192,6 +221,7 @@ class Endpointer:
             noise_floor_dbfs=self._floor,
             speech=speech,
             speaking=self._utterance is not None,
+            turn_probability=self.turn.probability if self.turn is not None else None,
         )
 
     def _time(self, frame_index: int) -> float:
@@ -211,9 +241,10 @@ def _frames(ms: float, frame_ms: int, at_least: int = 1) -> int:
     return max(at_least, int(round(ms / frame_ms)))
 
 
-def find_utterances(samples: np.ndarray, config: VadConfig = VadConfig()) -> list[Event]:
+def find_utterances(samples: np.ndarray, config: VadConfig = VadConfig(),
+                    turn: TurnDetector | None = None) -> list[Event]:
     """All events for a whole recording (16 kHz mono int16), including the end of stream."""
-    endpointer = Endpointer(config)
+    endpointer = Endpointer(config, turn=turn)
     return endpointer.push(samples) + endpointer.finish()
 
 

@@ -28,6 +28,7 @@ class Level(Event):
     noise_floor_dbfs: float
     speech: bool  # the last frame counted as speech
     speaking: bool  # an utterance is in progress
+    turn_probability: float | None = None  # the end-of-turn model's last answer (audio.turn: smart)
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,7 +39,7 @@ class UtteranceEnded(Event):
     end: float  # estimated end of speech (end of the last speech frame)
     audio: np.ndarray = field(repr=False)
     audio_start: float  # time of the first sample in ``audio``
-    reason: Literal["silence", "max_length", "stream_end"] = "silence"
+    reason: Literal["silence", "complete", "max_length", "stream_end"] = "silence"  # complete: the turn model
     rate: int = MODEL_RATE
 
     @property

@@ -20,6 +20,7 @@ from voicechat.audio.capture import Capture
 from voicechat.audio.endpointer import Endpointer
 from voicechat.audio.events import AudioEvent, DeviceFailed, Interrupted, SpeechStarted
 from voicechat.audio.resample import MODEL_RATE
+from voicechat.audio.turn import TurnDetector
 from voicechat.config import AudioConfig
 from voicechat.errors import AudioError
 
@@ -47,8 +48,10 @@ class Listener:
         on_event: Callable[[AudioEvent], None],
         speaker: Speaker | None = None,
         on_interrupt: Callable[[], None] | None = None,
+        turn: TurnDetector | None = None,
     ) -> None:
         self.config = config
+        self.turn = turn  # the learned end of turn (audio.turn: smart); None: silence alone
         self.on_event = on_event
         self.speaker = speaker
         self.on_interrupt = on_interrupt or (lambda: None)
@@ -121,7 +124,9 @@ class Listener:
                 self._recording.append(samples)
         if self.endpointer is None:
             origin = t_end - samples.size / MODEL_RATE
-            self.endpointer = Endpointer(self.config.vad, origin=origin)
+            if self.turn is not None:
+                self.turn.reset()  # a reopened microphone is a new stream
+            self.endpointer = Endpointer(self.config.vad, origin=origin, turn=self.turn)
         if self._half_duplex_deaf(t_end):
             self.endpointer.skip(samples.size)
             return

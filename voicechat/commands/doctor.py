@@ -81,12 +81,16 @@ def model_checks(config: Config) -> list[Check]:
     from voicechat.commands.models import format_size
 
     checks = []
-    for role in models.needed_roles(config):
+    needed = models.needed_roles(config)
+    for role in needed + models.optional_roles(config):
         status = models.model_status(role, getattr(config.models, role), config)
         detail = f"{status.state}, {format_size(status.size_bytes)}: {status.spec.source}"
+        if role not in needed and status.state == "missing":
+            detail += "; turns end after silence instead"
         fix = "" if status.state != "missing" else (
             f"fix models.{role}.source in the config" if status.kind == "local" else "run `voicechat models pull`")
-        checks.append(Check(models.ROLE_NAMES[role], status.state != "missing", detail, fix))
+        checks.append(Check(models.ROLE_NAMES[role], status.state != "missing", detail, fix,
+                            required=role in needed))
     return checks
 
 

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace, config) -> int:
     from voicechat.audio.events import Level, UtteranceDiscarded, UtteranceEnded
     from voicechat.audio.files import write_wav
     from voicechat.audio.resample import MODEL_RATE
+    from voicechat.audio.turn import load_turn_detector
 
     if args.seconds <= 0:
         from voicechat.errors import AudioError
@@ -34,10 +35,14 @@ def run(args: argparse.Namespace, config) -> int:
     console = Console()
     recorded: list[np.ndarray] = []
     state = MeterState()
+    turn, warning = load_turn_detector(config)
+    if warning:
+        console.print(f"[yellow]{warning}[/]")
     with Capture(args.device or config.audio.input_device, block_ms=config.audio.capture_block_ms) as mic:
         console.print(f"Listening on {mic.device.name!r} at {mic.rate} Hz for {args.seconds:g} s "
                       "(Ctrl+C stops).")
-        endpointer = Endpointer(config.audio.vad)
+        endpointer = Endpointer(config.audio.vad, turn=turn)
+        state.turn_threshold = turn.threshold if turn is not None else None
         stop_at = time.monotonic() + args.seconds
         try:
             with Live(state.render(), console=console, refresh_per_second=config.ui.level_meter_hz) as live:
@@ -51,7 +56,9 @@ def run(args: argparse.Namespace, config) -> int:
                         if isinstance(event, Level):
                             state.level = event
                         elif isinstance(event, UtteranceEnded):
-                            state.utterances.append(f"{event.start:5.2f}-{event.end:5.2f} s")
+                            finished = " (sounded finished)" if event.reason == "complete" else ""
+                            state.utterances.append(f"{event.start:5.2f}-{event.end:5.2f} s, "
+                                                    f"decided {event.decision_delay:.2f} s later{finished}")
                         elif isinstance(event, UtteranceDiscarded):
                             state.discarded += 1
                     state.overflows = mic.overflows
@@ -70,6 +77,7 @@ class MeterState:
         self.utterances: list[str] = []
         self.discarded = 0
         self.overflows = 0
+        self.turn_threshold: float | None = None  # audio.turn: smart
 
     def render(self):
         from rich.text import Text
@@ -90,6 +98,12 @@ class MeterState:
         text.append(f"vad   {state:<9}", style="bold green" if self.level.speaking else "dim")
         text.append(f"  utterances {len(self.utterances)}  discarded {self.discarded}  "
                     f"overflows {self.overflows}\n")
+        if self.turn_threshold is not None:
+            probability = self.level.turn_probability
+            shown = "  -  " if probability is None else f"{probability:4.2f}"
+            text.append(f"turn  finished {shown}  (ends the question at {self.turn_threshold:.2f}; "
+                        "asked when you pause)\n",
+                        style="bold" if probability is not None and probability >= self.turn_threshold else "")
         for line in self.utterances[-3:]:
             text.append(f"      heard {line}\n")
         return text

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat import models
 
-    roles = list(models.ROLE_NAMES) if args.all else models.needed_roles(config)
+    needed = models.needed_roles(config)
+    roles = list(models.ROLE_NAMES) if args.all else needed + models.optional_roles(config)
     if args.action == "pull":
         for role, path in models.pull(config, roles).items():
             print(f"{models.ROLE_NAMES[role]:<24} {path}")
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     missing = 0
     for role in roles:
         status = models.model_status(role, getattr(config.models, role), config)
-        missing += status.state == "missing"
+        missing += status.state == "missing" and role in needed
         print(f"{models.ROLE_NAMES[role]:<24} {status.state:<8} {format_size(status.size_bytes):>9}  {status.spec.source}")
     return 1 if missing else 0
 
