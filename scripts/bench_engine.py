@@ -36,7 +36,7 @@ SPEECH_TOKENS = list(range(100))
 
 
 class InstantTokenizer:
-    def tokenize(self, samples: np.ndarray, rate: int) -> list[int]:
+    def tokenize(self, samples: np.ndarray, rate: int, cancel=None) -> list[int]:
         return SPEECH_TOKENS[: max(1, int(len(samples) / rate * 12.5))]
 
 

@@ -58,6 +58,16 @@ def test_bad_inputs_are_refused_in_one_line_before_any_model_loads(tmp_path: Pat
     assert read_audio(question)[0].size == 16000  # the input is untouched
 
 
+def test_question_longer_than_the_microphone_takes_is_refused_before_any_model_loads(tmp_path: Path,
+                                                                                  capsys) -> None:
+    question = _question(tmp_path / "question.wav", seconds=31.0)
+    config = tmp_path / "config.yaml"
+    config.write_text("offline: true\n")  # the default models, none of which is here
+    assert main(["--config", str(config), "ask", str(question)]) == 2
+    err = capsys.readouterr().err
+    assert "31.0 s is too long for a question (at most 30 s" in err and len(err.strip().splitlines()) == 1
+
+
 def test_recordings_with_invalid_samples_are_refused(tmp_path: Path) -> None:
     import soundfile
 

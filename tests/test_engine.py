@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.tiny_models import ScriptedFirstReply
 from voicechat.assemble import load_components
+from voicechat.cancellation import Cancelled
 from voicechat.config import Config
 from voicechat.engine import CollectingSpeaker, Components, Engine, EngineConfig, Settings, TurnInput
 from voicechat.errors import BackendError
@@ -179,6 +180,51 @@ def test_ctrl_c_during_a_reply_leaves_no_model_thread_running(config: Config, pa
     assert running == []
     _, result = run(config, parts, TurnInput(text="And now?"))  # the model is free again
     assert result.finished.reply_text and not result.finished.interrupted
+
+
+def test_interrupt_while_a_long_question_is_understood_answers_nothing(config: Config, parts: Components) -> None:
+    events: list[Event] = []
+    engine = Engine(EngineConfig.from_config(config), parts, events.append)
+
+    def interrupt_at_once(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, TurnStarted):
+            engine.interrupt()
+
+    engine.emit_to_driver = interrupt_at_once
+    result = engine.run_turn(TurnInput(audio=question_audio(95.0)), Settings.from_config(config), Conversation())
+    assert result.finished.interrupted and result.prompt is None and result.heard_ids == []
+    assert not any(isinstance(e, (SpeechTokenized, PromptReady, StageFailed)) for e in events)
+
+
+def test_ctrl_c_while_a_question_is_understood_stops_the_tokenizer_before_leaving_the_turn(
+        config: Config, parts: Components) -> None:
+    class CtrlCInRetrieval:
+        """Test double for the retriever: Ctrl-C lands on the turn's thread while it retrieves."""
+
+        modes = frozenset({"e2e"})
+
+        def retrieve(self, mode, **kwargs):
+            raise KeyboardInterrupt
+
+    class RecordingTokenizer:
+        """Test double around the real speech tokenizer: remembers whether it was cancelled."""
+
+        cancelled = False
+
+        def tokenize(self, samples, rate, cancel=None):
+            try:
+                return parts.speech_tokenizer.tokenize(samples, rate, cancel)
+            except Cancelled:
+                self.cancelled = True
+                raise
+
+    tokenizer = RecordingTokenizer()
+    both = dataclasses.replace(parts, retriever=CtrlCInRetrieval(), speech_tokenizer=tokenizer)
+    engine = Engine(EngineConfig.from_config(config), both, lambda event: None)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_turn(TurnInput(audio=question_audio(95.0)), Settings("e2e", "off", config.voice), Conversation())
+    assert tokenizer.cancelled  # by the time the Ctrl-C left the turn: it was waited for
 
 
 def test_failing_language_model_is_reported_and_the_next_turn_works(config: Config, parts: Components) -> None:

@@ -309,3 +309,4 @@ def test_interrupted_eval_keeps_its_results_and_marks_the_summary_partial(
     assert [json.loads(line)["id"] for line in (out / "results.jsonl").read_text().splitlines()] == ["q1"]
     assert json.loads((out / "summary.json").read_text())["progress"] == {"finished": 1, "expected": 2, "partial": True}
     assert "**Partial run**: 1 of 2 question-mode pairs finished" in (out / "summary.md").read_text()
+    assert not list(out.glob("*.png"))  # drawn by the rerun that finishes the run, not while the user waits

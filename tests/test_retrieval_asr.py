@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.support.cancellation import CancelledAfterChecks
+from voicechat.cancellation import Cancelled
 from voicechat.config import ModelSpec, load_config
 from voicechat.errors import ModelError
 from voicechat.retrieval.asr import WhisperTranscriber
@@ -40,6 +42,21 @@ def test_long_audio_is_transcribed_in_30_second_windows(whisper_dir):
     transcriber._model.generate = counting
     transcriber.transcribe(noise(65.0, 16000))
     assert len(calls) == 3
+
+
+def test_cancelling_long_audio_stops_whisper_inside_its_first_window(whisper_dir):
+    transcriber = WhisperTranscriber.from_pretrained(whisper_dir, ModelSpec(str(whisper_dir), device="cpu"), "en")
+    calls = []
+    generate = transcriber._model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return generate(*args, **kwargs)
+
+    transcriber._model.generate = counting
+    with pytest.raises(Cancelled):  # three windows; the user cancels after the first encoder layer
+        transcriber.transcribe(noise(65.0, 16000), CancelledAfterChecks(3))
+    assert len(calls) == 1
 
 
 def test_not_a_whisper_folder_gives_a_model_error(tmp_path):

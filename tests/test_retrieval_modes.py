@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from tests.support.cancellation import CancelledAfterChecks
 from tests.support.retrieval import REPO
+from voicechat.cancellation import Cancelled
 from voicechat.config import ModelSpec, RetrievalConfig
 from voicechat.errors import AudioError, ModelError
 from voicechat.glm.prompt import needs_fallback
@@ -52,9 +55,9 @@ class RecordingSpeechEncoder:
     def __init__(self, inner) -> None:
         self.inner, self.dim, self.received = inner, inner.dim, []
 
-    def embed(self, audio_16k):
+    def embed(self, audio_16k, cancel=None):
         self.received.append(audio_16k)
-        return self.inner.embed(audio_16k)
+        return self.inner.embed(audio_16k, cancel)
 
 
 def dominant_hz(samples: np.ndarray, rate: int) -> float:
@@ -91,6 +94,18 @@ def test_utterance_longer_than_the_encoder_limit_is_split_not_crashed_on(speech_
     assert len(segments) == 2 and sum(len(s) for s in segments) == len(long)
     vector = speech_encoder.embed(long)
     assert vector.shape == (speech_encoder.dim,) and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cancelling_a_long_recording_stops_the_speech_encoder_between_layers(speech_encoder):
+    first_layer = next(m for m in speech_encoder._pipeline.model.modules() if isinstance(m, torch.nn.ModuleList))[0]
+    first_layer_runs = []
+    hook = first_layer.register_forward_hook(lambda *args: first_layer_runs.append(1))
+    try:
+        with pytest.raises(Cancelled):  # three segments; the user cancels after the first layer
+            speech_encoder.embed(tone(130.0, 16000), CancelledAfterChecks(3))
+    finally:
+        hook.remove()
+    assert first_layer_runs == [1]
 
 
 @pytest.mark.parametrize("samples, rate, message", [

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.cancellation import CancelledAfterChecks
 from tests.support.speech_tokenizer import KEYS, RATE, agreement, speech_like
 from voicechat.audio.files import read_audio, write_wav
 from voicechat.audio.resample import StreamResampler, to_model_input
+from voicechat.cancellation import Cancelled
 from voicechat.errors import AudioError, ModelError
 from voicechat.glm.speech_tokenizer import SpeechTokenizer
 from voicechat.glm.whisper_vq import WhisperVQConfig, WhisperVQEncoder
@@ -195,6 +197,17 @@ def test_long_audio_is_tokenized_as_independent_30_s_windows(tiny_tokenizer) -> 
     window = 30 * RATE
     pieces = [tiny_tokenizer.tokenize(audio[start : start + window], RATE) for start in range(0, audio.size, window)]
     assert tiny_tokenizer.tokenize(audio, RATE) == pieces[0] + pieces[1] + pieces[2]
+
+
+def test_cancelling_a_long_recording_stops_it_within_its_first_window(tiny_tokenizer) -> None:
+    first_layer_runs = []
+    hook = tiny_tokenizer.model.layers[0].register_forward_hook(lambda *args: first_layer_runs.append(1))
+    try:
+        with pytest.raises(Cancelled):  # four windows; the user cancels after the first layer
+            tiny_tokenizer.tokenize(speech_like(95.0), RATE, CancelledAfterChecks(2))
+    finally:
+        hook.remove()
+    assert first_layer_runs == [1]
 
 
 def test_tokens_follow_the_audio_not_only_the_position(tiny_tokenizer) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -19,6 +18,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from voicechat.audio.resample import MODEL_RATE
+from voicechat.cancellation import Cancelled
 from voicechat.config import Config, DecoderConfig, GenerationConfig, VoicePreset
 from voicechat.errors import VoicechatError
 from voicechat.events import (
@@ -38,7 +38,8 @@ REWRITE_INSTRUCTION = (
 
 
 class SpeechTokenizer(Protocol):
-    def tokenize(self, samples: np.ndarray, rate: int) -> list[int]: ...
+    def tokenize(self, samples: np.ndarray, rate: int, cancel: threading.Event | None = None) -> list[int]:
+        """Raises voicechat.cancellation.Cancelled once ``cancel`` is set."""
 
 
 class DecoderSession(Protocol):
@@ -89,7 +90,8 @@ class Retriever(Protocol):
         """The retrieval modes whose models are loaded ("e2e", "asr", "text")."""
 
     def retrieve(self, mode: str, *, samples: np.ndarray | None = None, rate: int | None = None,
-                 question: str | None = None) -> Retrieval: ...
+                 question: str | None = None, cancel: threading.Event | None = None) -> Retrieval:
+        """Raises voicechat.cancellation.Cancelled once ``cancel`` is set."""
     def rewrite(self, first: Retrieval, need: str) -> Retrieval: ...
 
 
@@ -257,14 +259,14 @@ class _Turn:
                               mode=self.settings.rag, voice=self.settings.voice))
         speech_tokens, retrieval = self.understand()
         prompt = None
-        if not self.failed:
+        if not self.failed and not self.engine.cancel.is_set():
             if self.settings.two_round == "rewrite" and retrieval is not None:
                 retrieval = self.rewrite(speech_tokens, retrieval)
             prompt, outcome = self.answer(speech_tokens, retrieval, round_number=1)
             if outcome == "fallback":
                 self.emit(RoundDiscarded(round=1, why="the passages did not hold the answer; "
                                                       "retrying with ASR retrieval"))
-                retrieval = self.retrieve("asr", round_number=2)
+                retrieval = self.retrieve("asr", 2, self.engine.cancel)
                 prompt, outcome = self.answer(speech_tokens, retrieval, round_number=2)
         interrupted = self.engine.cancel.is_set()
         keep = prompt is not None and not self.failed
@@ -282,22 +284,48 @@ class _Turn:
     # --- understanding the question: speech tokens and retrieval, concurrently ------------------
 
     def understand(self):
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="voicechat-turn") as pool:
-            tokens = pool.submit(self.tokenize) if self.question.audio is not None else None
-            mode = self.settings.rag if self.question.audio is not None else "text"
-            retrieval = pool.submit(self.retrieve, mode, 1) if self.settings.rag != "off" else None
-            return (tokens.result() if tokens else None), (retrieval.result() if retrieval else None)
+        """The speech tokenizer runs on a worker thread while retrieval runs on this one, where a
+        Ctrl-C lands at once. Both stop at their next cancellation point when the turn is
+        interrupted; a Ctrl-C here stops the tokenizer too and waits for it (one window's layer)."""
+        cancel = self.engine.linked_cancel()
+        spoken = self.question.audio is not None
+        mode = self.settings.rag if spoken else "text"
+        found: dict[str, object] = {}
 
-    def tokenize(self) -> list[int] | None:
+        def tokenize() -> None:
+            try:
+                found["tokens"] = self.tokenize(cancel)
+            except BaseException as error:  # a bug: raised again on the turn's thread
+                found["error"] = error
+
+        tokenizer = Worker(tokenize, "voicechat-tokenizer", cancel) if spoken else None
+        if tokenizer is not None:
+            tokenizer.start()
+        try:
+            retrieval = self.retrieve(mode, 1, cancel) if self.settings.rag != "off" else None
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            if tokenizer is not None:
+                tokenizer.join()
+            self.engine.unlink(cancel)
+        if "error" in found:
+            raise found["error"]
+        return found.get("tokens"), retrieval
+
+    def tokenize(self, cancel: threading.Event) -> list[int] | None:
         started = time.monotonic()
         try:
-            tokens = self.parts.speech_tokenizer.tokenize(self.question.audio, MODEL_RATE)
+            tokens = self.parts.speech_tokenizer.tokenize(self.question.audio, MODEL_RATE, cancel)
+        except Cancelled:
+            return None
         except VoicechatError as error:
             return self.fail("speech tokenizer", error)
         self.emit(SpeechTokenized(started=started, count=len(tokens)))
         return tokens
 
-    def retrieve(self, mode: str, round_number: int) -> Retrieval | None:
+    def retrieve(self, mode: str, round_number: int, cancel: threading.Event) -> Retrieval | None:
         retriever = self.parts.retriever
         if retriever is None:
             return None
@@ -306,7 +334,9 @@ class _Turn:
             if mode == "text":
                 result = retriever.retrieve("text", question=self.question.text)
             else:
-                result = retriever.retrieve(mode, samples=self.question.audio, rate=MODEL_RATE)
+                result = retriever.retrieve(mode, samples=self.question.audio, rate=MODEL_RATE, cancel=cancel)
+        except Cancelled:
+            return None
         except VoicechatError as error:
             return self.fail("retrieval", error, fatal=False)
         self.show_sources(result, mode, round_number, started)

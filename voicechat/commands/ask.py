@@ -59,12 +59,19 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def read_question(path: Path, config: Config):
-    """The recorded question at 16 kHz; a recording without speech is not a question to answer."""
+    """The recorded question at 16 kHz; a recording without speech is not a question to answer,
+    and one longer than the microphone would take (audio.vad.max_utterance_s) is refused rather
+    than cut: the end of a question often holds what it asks."""
     from voicechat.audio.endpointer import contains_speech
     from voicechat.audio.files import read_speech
+    from voicechat.audio.resample import MODEL_RATE
     from voicechat.errors import AudioError
 
     samples = read_speech(path)
+    seconds, limit = samples.size / MODEL_RATE, config.audio.vad.max_utterance_s
+    if seconds > limit:
+        raise AudioError(f"{path}: {seconds:.1f} s is too long for a question (at most {limit:g} s, "
+                         "audio.vad.max_utterance_s); trim the recording, or raise that setting")
     if not contains_speech(samples, config.audio.vad):
         raise AudioError(f"{path}: no speech in this recording (silence, noise, or shorter than "
                          f"{config.audio.vad.min_utterance_ms} ms); record the question again")

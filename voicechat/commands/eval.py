@@ -137,13 +137,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
         update_folder_index(scopes, knowledge, index_dir, questions)
     with _Bar("loading models") as bar:
         parts = load_components(off, lambda step, done, total: bar.update(done, total, f"loading {step}"))
+    plots = True
     try:
         with _Bar(f"{dataset} questions x modes") as bar:
             records = runner.run(off, parts, scopes, questions, speech, spec, results, bar.update)
+    except KeyboardInterrupt:
+        plots = False  # seconds of matplotlib while the user waits; the rerun that finishes draws them
+        raise
     finally:
         parts.close()
         summary = report.write_summary(args.out, info, results.records)
-        report.write_plots(args.out, summary)
+        if plots:
+            report.write_plots(args.out, summary)
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     return 1 if any(r["problems"] for r in records) else 0
 

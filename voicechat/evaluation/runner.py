@@ -204,7 +204,7 @@ class GoldTextRetriever:
     def modes(self) -> frozenset[str]:
         return self.retriever.modes
 
-    def retrieve(self, mode, *, samples=None, rate=None, question=None, k=None):
+    def retrieve(self, mode, *, samples=None, rate=None, question=None, k=None, cancel=None):
         return self.retriever.text(self.question_text, k)
 
     def rewrite(self, first, need, k=None):

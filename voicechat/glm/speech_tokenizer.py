@@ -13,23 +13,29 @@ Channel 0 rather than a mix: the language model was served tokens of channel 0 b
 a mix of two out-of-phase channels can cancel. Resampling is torchaudio's default sinc resampler,
 as in the reference, so input at any rate gives the reference's tokens.
 
-`tokenize` is the latency path for one utterance (one forward pass for all its windows); `tokenize_batch`
-runs many utterances in batches of windows and gives the same tokens as `tokenize` for each.
+`tokenize` is the latency path for one utterance: its windows go through the encoder one at a time, and
+a cancel event is checked before each window and each layer, so that a long recording stops at once
+when the user cancels. `tokenize_batch` runs many utterances in batches of windows and gives the same
+tokens as `tokenize` for each.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from voicechat.audio.resample import to_model_input
+from voicechat.cancellation import check
 from voicechat.errors import AudioError, ModelError
 from voicechat.placement import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
+    import threading
+
     import torch
     from transformers import WhisperFeatureExtractor
 
@@ -82,9 +88,14 @@ class SpeechTokenizer:
     def tokens_per_second(self) -> float:
         return self.sample_rate / self.samples_per_token
 
-    def tokenize(self, samples: np.ndarray, rate: int) -> list[int]:
-        """One utterance, (frames,) or (frames, channels), any rate -> its token ids."""
-        return self._run([self.prepare(samples, rate)], batch_windows=None)[0]
+    def tokenize(self, samples: np.ndarray, rate: int, cancel: threading.Event | None = None) -> list[int]:
+        """One utterance, (frames,) or (frames, channels), any rate -> its token ids. Raises
+        voicechat.cancellation.Cancelled before a window or a layer once ``cancel`` is set."""
+        tokens: list[int] = []
+        for window in self._windows(0, self.prepare(samples, rate)):
+            check(cancel)
+            tokens += self._encode([window], cancel)[0]
+        return tokens
 
     def tokenize_batch(self, utterances: Iterable[tuple[np.ndarray, int]], batch_windows: int = 8) -> list[list[int]]:
         """Many utterances (samples, rate) -> token ids for each, computing up to ``batch_windows``
@@ -115,43 +126,44 @@ class SpeechTokenizer:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _run(self, utterances: Sequence[np.ndarray], batch_windows: int | None) -> list[list[int]]:
+    def _run(self, utterances: Sequence[np.ndarray], batch_windows: int) -> list[list[int]]:
         windows = [w for index, audio in enumerate(utterances) for w in self._windows(index, audio)]
         tokens: list[list[int]] = [[] for _ in utterances]
         if not windows:
             return tokens
         # Shortest first so that a batch pads little; results are put back in order.
         order = sorted(range(len(windows)), key=lambda i: windows[i].frame_mask.shape[0])
-        size = batch_windows or len(windows)
         results: dict[int, list[int]] = {}
-        for start in range(0, len(order), size):
-            chosen = order[start : start + size]
+        for start in range(0, len(order), batch_windows):
+            chosen = order[start : start + batch_windows]
             for index, ids in zip(chosen, self._encode([windows[i] for i in chosen])):
                 results[index] = ids
         for index, window in enumerate(windows):
             tokens[window.utterance].extend(results[index])
         return tokens
 
-    def _windows(self, utterance: int, audio: np.ndarray) -> list[_Window]:
-        """Features of one utterance's 30 s windows, padded as the reference pads them together.
+    def _windows(self, utterance: int, audio: np.ndarray) -> Iterator[_Window]:
+        """Features of one utterance's 30 s windows, one window at a time, each padded as the
+        reference pads them together: to the longest (the first) rounded up to a whole token.
         Audio shorter than one token (80 ms) is no utterance: no tokens, where the reference would
         make one token of it."""
         if audio.size < self.samples_per_token:
-            return []
-        pieces = [audio[start : start + self.window_samples] for start in range(0, audio.size, self.window_samples)]
-        extracted = self.feature_extractor(
-            pieces,
-            sampling_rate=self.sample_rate,
-            padding="longest",
-            pad_to_multiple_of=self.samples_per_token,
-            return_attention_mask=True,
-            return_tensors="pt",
-            device=self.device.type if self.device.type == "cuda" else "cpu",
-        )
-        features, mask = extracted["input_features"], extracted["attention_mask"]
-        return [_Window(utterance, features[i], mask[i]) for i in range(len(pieces))]
+            return
+        longest = min(audio.size, self.window_samples)
+        padded = math.ceil(longest / self.samples_per_token) * self.samples_per_token
+        for start in range(0, audio.size, self.window_samples):
+            extracted = self.feature_extractor(
+                [audio[start : start + self.window_samples]],
+                sampling_rate=self.sample_rate,
+                padding="max_length",
+                max_length=padded,
+                return_attention_mask=True,
+                return_tensors="pt",
+                device=self.device.type if self.device.type == "cuda" else "cpu",
+            )
+            yield _Window(utterance, extracted["input_features"][0], extracted["attention_mask"][0])
 
-    def _encode(self, windows: list[_Window]) -> list[list[int]]:
+    def _encode(self, windows: list[_Window], cancel: threading.Event | None = None) -> list[list[int]]:
         """One forward pass; windows of different lengths are zero-padded at the end, which leaves
         each window's kept tokens unchanged (padding starts on a token boundary and is masked)."""
         import torch
@@ -163,7 +175,7 @@ class SpeechTokenizer:
             features[row, :, : window.features.shape[1]] = window.features
             mask[row, : window.frame_mask.shape[0]] = window.frame_mask.bool()
         with torch.inference_mode():
-            ids, keep = self.model(features.to(self.device), mask.to(self.device))
+            ids, keep = self.model(features.to(self.device), mask.to(self.device), cancel)
         ids, keep = ids.cpu(), keep.cpu()
         return [ids[row][keep[row]].tolist() for row in range(len(windows))]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from voicechat.cancellation import check
 from voicechat.errors import ModelError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -227,13 +229,16 @@ class WhisperVQEncoder(nn.Module):
         """Feature frames one forward pass can take (3000 = 30 s for the published model)."""
         return self.config.max_source_positions * 2
 
-    def forward(self, features: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, frame_mask: Tensor,
+                cancel: threading.Event | None = None) -> tuple[Tensor, Tensor]:
         """(B, n_mels, frames) features and (B, frames) mask of real frames -> (B, tokens) ids and
-        the (B, tokens) mask of tokens that start on real audio (the reference keeps only those)."""
-        states, valid = self.hidden_states(features, frame_mask)
+        the (B, tokens) mask of tokens that start on real audio (the reference keeps only those).
+        Raises Cancelled before a layer once ``cancel`` is set."""
+        states, valid = self.hidden_states(features, frame_mask, cancel)
         return self.nearest_codes(states), valid
 
-    def hidden_states(self, features: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def hidden_states(self, features: Tensor, frame_mask: Tensor,
+                      cancel: threading.Event | None = None) -> tuple[Tensor, Tensor]:
         """The (B, tokens, D) states that enter the quantiser, and the mask of real tokens."""
         config = self.config
         x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
@@ -243,6 +248,7 @@ class WhisperVQEncoder(nn.Module):
         block = config.quantize_causal_block_size
         mask = self._attention_mask(valid, block)
         for number, layer in enumerate(self.layers[: config.quantize_position], start=1):
+            check(cancel)
             x = layer(x, mask, config.causal_attention)
             if number == config.pooling_position and config.pooling_kernel_size:
                 x = self._pool(x)

@@ -6,12 +6,14 @@ detected language is mapped to a SONAR language code for the text encoder.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from voicechat.audio.resample import MODEL_RATE
+from voicechat.cancellation import check, stop_between_layers, working_for
 from voicechat.config import ModelSpec
 from voicechat.errors import ModelError
 from voicechat.models import resolve_model
@@ -58,23 +60,27 @@ class WhisperTranscriber:
         except (OSError, ValueError, KeyError) as error:
             raise ModelError(f"{path}: not a loadable Whisper model ({str(error).splitlines()[0]})") from None
         model = model.to(where.device).eval()
+        stop_between_layers(model)
         transcriber = cls(model, processor, language, allowed)
         with torch.inference_mode():
             transcriber.transcribe(np.zeros(MODEL_RATE, dtype=np.float32))
         return transcriber
 
-    def transcribe(self, audio_16k: np.ndarray) -> tuple[str, str | None]:
+    def transcribe(self, audio_16k: np.ndarray, cancel: threading.Event | None = None) -> tuple[str, str | None]:
+        """Window by window; ``cancel`` is checked before each window and each layer
+        (voicechat.cancellation.Cancelled once it is set)."""
         import torch
 
         texts: list[str] = []
         detected: str | None = None
         step = WINDOW_S * MODEL_RATE
         for start in range(0, max(1, len(audio_16k)), step):
+            check(cancel)
             window = audio_16k[start:start + step]
             features = self._processor.feature_extractor(
                 window, sampling_rate=MODEL_RATE, return_tensors="pt").input_features
             features = features.to(self._model.device, self._model.dtype)
-            with torch.inference_mode():
+            with torch.inference_mode(), working_for(cancel):
                 ids = self._model.generate(features, task="transcribe", language=self.language,
                                            max_new_tokens=self.max_new_tokens)
             tokens = self._processor.tokenizer.convert_ids_to_tokens(ids[0].tolist())

@@ -7,6 +7,7 @@ cosine similarity.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -14,6 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from voicechat.audio.resample import MODEL_RATE
+from voicechat.cancellation import check, stop_between_layers, working_for
 from voicechat.config import ModelSpec
 from voicechat.placement import resolve_device, resolve_dtype
 from voicechat.errors import AudioError, ModelError
@@ -28,8 +30,9 @@ MAX_SPEECH_SEGMENT_S = 60.0
 class SpeechEncoder(Protocol):
     dim: int
 
-    def embed(self, audio_16k: np.ndarray) -> np.ndarray:
-        """16 kHz mono float32 samples -> (dim,) unit vector."""
+    def embed(self, audio_16k: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
+        """16 kHz mono float32 samples -> (dim,) unit vector; raises voicechat.cancellation.Cancelled
+        once ``cancel`` is set."""
         ...
 
 
@@ -177,11 +180,14 @@ class SonarSpeechEncoder:
         card = load_card(spec.source)
         model = _load_model(card, get_sonar_speech_encoder_hub().load_model, spec, where)
         pipeline = SpeechToEmbeddingModelPipeline(model, device=where.device, fbank_dtype=where.dtype)
+        stop_between_layers(pipeline.model)
         encoder = cls(pipeline, 0)
         encoder.dim = int(encoder.embed(np.zeros(MODEL_RATE, dtype=np.float32)).shape[0])
         return encoder
 
-    def embed(self, audio_16k: np.ndarray) -> np.ndarray:
+    def embed(self, audio_16k: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
+        """Segments of long audio go through the encoder one at a time; ``cancel`` is checked
+        before each segment and each layer (voicechat.cancellation.Cancelled once it is set)."""
         import torch
 
         audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
@@ -191,11 +197,13 @@ class SonarSpeechEncoder:
         # variance there and would give NaN. One int16 step of fixed-seed dither prevents that.
         dither = np.random.default_rng(0).standard_normal(audio.size).astype(np.float32)
         audio = audio + dither / 32768
-        segments = speech_segments(audio)
-        tensors = [torch.from_numpy(np.ascontiguousarray(s)).unsqueeze(0) for s in segments]
-        with torch.inference_mode():
-            vectors = self._pipeline.predict(tensors, batch_size=len(tensors))
-        vectors = _normalise(vectors.float().cpu().numpy())
+        vectors = []
+        with torch.inference_mode(), working_for(cancel):
+            for segment in speech_segments(audio):
+                check(cancel)
+                tensor = torch.from_numpy(np.ascontiguousarray(segment)).unsqueeze(0)
+                vectors.append(self._pipeline.predict([tensor], batch_size=1).float().cpu().numpy())
+        vectors = _normalise(np.concatenate(vectors))
         if not np.isfinite(vectors).all():
             raise AudioError("the speech encoder could not embed this audio (it produced NaN); "
                              "check that the recording is not empty or clipped")

@@ -12,6 +12,7 @@ A retrieval hands the conversation engine its passages as ``Source``s.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -32,8 +33,9 @@ CANDIDATES_PER_HIT = 4  # chunks fetched per requested passage, before merging b
 
 
 class Transcriber(Protocol):
-    def transcribe(self, audio_16k: np.ndarray) -> tuple[str, str | None]:
-        """16 kHz mono -> (text, SONAR language code or None when unknown)."""
+    def transcribe(self, audio_16k: np.ndarray, cancel: threading.Event | None = None) -> tuple[str, str | None]:
+        """16 kHz mono -> (text, SONAR language code or None when unknown); raises
+        voicechat.cancellation.Cancelled once ``cancel`` is set."""
         ...
 
 
@@ -105,20 +107,22 @@ class Retriever:
 
     # modes
 
-    def e2e(self, samples: np.ndarray, rate: int, k: int | None = None) -> Retrieval:
+    def e2e(self, samples: np.ndarray, rate: int, k: int | None = None,
+            cancel: threading.Event | None = None) -> Retrieval:
         audio = speech_input(samples, rate)
         encoder = self._need(self.speech, "e2e", "SONAR speech encoder")
         began = time.perf_counter()
-        vector = encoder.embed(audio)
+        vector = encoder.embed(audio, cancel)
         embedded = time.perf_counter()
         hits = self.search_vector(vector, k)
         return Retrieval("e2e", hits, None, {"embed": embedded - began, "search": time.perf_counter() - embedded})
 
-    def asr(self, samples: np.ndarray, rate: int, k: int | None = None) -> Retrieval:
+    def asr(self, samples: np.ndarray, rate: int, k: int | None = None,
+            cancel: threading.Event | None = None) -> Retrieval:
         audio = speech_input(samples, rate)
         transcriber = self._need(self.transcriber, "asr", "speech recogniser (Whisper)")
         began = time.perf_counter()
-        transcript, lang = transcriber.transcribe(audio)
+        transcript, lang = transcriber.transcribe(audio, cancel)
         heard = time.perf_counter()
         result = self.text(transcript, k, lang)
         timings = {"asr": heard - began, **result.timings}
@@ -137,12 +141,15 @@ class Retriever:
         return Retrieval("text", hits, question, {"embed": embedded - began, "search": time.perf_counter() - embedded})
 
     def retrieve(self, mode: Mode, *, samples: np.ndarray | None = None, rate: int | None = None,
-                 question: str | None = None, k: int | None = None) -> Retrieval:
+                 question: str | None = None, k: int | None = None,
+                 cancel: threading.Event | None = None) -> Retrieval:
+        """``cancel`` stops the speech encoder or Whisper part-way (voicechat.cancellation.Cancelled);
+        a typed question is embedded at once."""
         if mode == "text":
             return self.text(question or "", k)
         if samples is None or rate is None:
             raise AudioError(f"retrieval mode {mode} needs audio")
-        return self.e2e(samples, rate, k) if mode == "e2e" else self.asr(samples, rate, k)
+        return self.e2e(samples, rate, k, cancel) if mode == "e2e" else self.asr(samples, rate, k, cancel)
 
     # two rounds
 
