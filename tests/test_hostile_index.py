@@ -16,18 +16,6 @@ import yaml
 from voicechat.cli import main
 
 
-@pytest.fixture
-def config_file(tmp_path: Path, sonar_dir: Path, knowledge: Path) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "models": {"sonar_text": {"source": str(sonar_dir / "text_encoder" / "card.yaml"), "device": "cpu"},
-                   "sonar_speech": {"source": str(sonar_dir / "speech_encoder" / "card.yaml"), "device": "cpu"}},
-        "retrieval": {"knowledge_dir": str(knowledge), "score_threshold": -1.0},
-        "offline": True,
-    }))
-    return path
-
-
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()

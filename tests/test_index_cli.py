@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,19 +10,6 @@ import yaml
 
 from voicechat.audio.files import write_wav
 from voicechat.cli import main
-
-
-@pytest.fixture
-def config_file(tmp_path: Path, sonar_dir: Path, knowledge: Path) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "models": {"sonar_text": {"source": str(sonar_dir / "text_encoder" / "card.yaml"), "device": "cpu"},
-                   "sonar_speech": {"source": str(sonar_dir / "speech_encoder" / "card.yaml"), "device": "cpu"}},
-        # random weights put speech and text vectors far apart: keep every hit
-        "retrieval": {"knowledge_dir": str(knowledge), "score_threshold": -1.0},
-        "offline": True,
-    }))
-    return path
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

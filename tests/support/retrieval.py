@@ -62,3 +62,19 @@ def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("whisper")
     asr.write(out, "tiny", seed=0)
     return out / "whisper"
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, sonar_dir: Path, knowledge: Path) -> Path:
+    """A config with the tiny SONAR encoders over the ``knowledge`` folder."""
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {"sonar_text": {"source": str(sonar_dir / "text_encoder" / "card.yaml"), "device": "cpu"},
+                   "sonar_speech": {"source": str(sonar_dir / "speech_encoder" / "card.yaml"), "device": "cpu"}},
+        # random weights put speech and text vectors far apart: keep every hit
+        "retrieval": {"knowledge_dir": str(knowledge), "score_threshold": -1.0},
+        "offline": True,
+    }))
+    return path
