@@ -90,6 +90,10 @@ def prepare(work: Path, models: Path) -> dict[str, Case]:
     }
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    # The big folder gets an index of its own: an index serves the one folder it was built for.
+    big_config = work / "big-config.yaml"
+    big_config.write_text(yaml.safe_dump({**config, "retrieval": {"index_dir": str(work / "big-index")}},
+                                         sort_keys=False), encoding="utf-8")
 
     long_wav, short_wav = work / "long.wav", work / "short.wav"
     write_wav(long_wav, vowels(LONG_S), 16000)
@@ -109,7 +113,8 @@ def prepare(work: Path, models: Path) -> dict[str, Case]:
     cases = [
         Case("ask", [*base, "--rag", "e2e", "ask", str(long_wav)], "voicechat.engine:Engine.run_turn"),
         Case("ask_without_retrieval", [*base, "--rag", "off", "ask", str(long_wav)], "voicechat.engine:Engine.run_turn"),
-        Case("index", [*base, "index", str(big), "--rebuild"], "voicechat.retrieval.encoders:SonarTextEncoder.embed"),
+        Case("index", ["--config", str(big_config), "index", str(big), "--rebuild"],
+             "voicechat.retrieval.encoders:SonarTextEncoder.embed"),
         Case("eval", [*base, "eval", "folder", str(questions), "--modes", "e2e", "--out", str(work / "eval")],
              "voicechat.engine:Engine.run_turn"),
         Case("search", [*base, "search", "--audio", str(long_wav), "--mode", "e2e"],
