@@ -30,7 +30,8 @@ def test_transcriber_uses_the_configured_language_and_otherwise_lets_whisper_det
     assert isinstance(text, str)
 
 
-def test_long_audio_is_transcribed_in_30_second_windows(whisper_dir):
+def counting_transcriber(whisper_dir):
+    """The transcriber, and the list of input shapes its Whisper generate() is called with."""
     transcriber = WhisperTranscriber.from_pretrained(whisper_dir, ModelSpec(str(whisper_dir), device="cpu"), "en")
     calls = []
     generate = transcriber._model.generate
@@ -40,20 +41,17 @@ def test_long_audio_is_transcribed_in_30_second_windows(whisper_dir):
         return generate(*args, **kwargs)
 
     transcriber._model.generate = counting
+    return transcriber, calls
+
+
+def test_long_audio_is_transcribed_in_30_second_windows(whisper_dir):
+    transcriber, calls = counting_transcriber(whisper_dir)
     transcriber.transcribe(noise(65.0, 16000))
     assert len(calls) == 3
 
 
 def test_cancelling_long_audio_stops_whisper_inside_its_first_window(whisper_dir):
-    transcriber = WhisperTranscriber.from_pretrained(whisper_dir, ModelSpec(str(whisper_dir), device="cpu"), "en")
-    calls = []
-    generate = transcriber._model.generate
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return generate(*args, **kwargs)
-
-    transcriber._model.generate = counting
+    transcriber, calls = counting_transcriber(whisper_dir)
     with pytest.raises(Cancelled):  # three windows; the user cancels after the first encoder layer
         transcriber.transcribe(noise(65.0, 16000), CancelledAfterChecks(3))
     assert len(calls) == 1
