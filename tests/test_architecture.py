@@ -26,8 +26,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "conversation": ("voicechat.session", "voicechat.sessions", "voicechat.live", "voicechat.evaluation"),
     "engine": ("voicechat.engine", "voicechat.assemble", "voicechat.testing"),
     "parts": ("voicechat.audio", "voicechat.retrieval", "voicechat.glm"),
-    "base": ("voicechat", "voicechat.cancellation", "voicechat.config", "voicechat.errors", "voicechat.events",
-             "voicechat.models", "voicechat.placement", "voicechat.sonar_cards", "voicechat.worker"),
+    "base": ("voicechat", "voicechat.allocator", "voicechat.cancellation", "voicechat.config", "voicechat.errors",
+             "voicechat.events", "voicechat.models", "voicechat.placement", "voicechat.sonar_cards",
+             "voicechat.worker"),
 }
 PLACED = {name for names in LAYERS.values() for name in names}
 MODEL_LIBRARIES = ("torch", "transformers", "fairseq2", "sonar", "faiss")

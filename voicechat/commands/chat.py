@@ -31,10 +31,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise VoicechatError("the conversation screen needs a terminal; "
                              "in scripts use `voicechat ask AUDIO` or `voicechat ask --text QUESTION`")
+    from voicechat.allocator import keep_large_buffers_out_of_the_heap
     from voicechat.live import LiveConversation
     from voicechat.tui.app import VoicechatApp
     from voicechat.tui.stderr_redirect import StderrRedirect
 
+    keep_large_buffers_out_of_the_heap()  # memory stays flat over a long conversation
     conversation = LiveConversation(config, save=not args.no_save, use_audio=not args.no_audio)
     app = VoicechatApp(config, conversation)
     with StderrRedirect(_user_log_dir() / STDERR_LOG, on_lines=_audio_warnings_to(app)):

@@ -108,9 +108,11 @@ def speech_source(args: argparse.Namespace, dataset: str, questions: list):
 def run(args: argparse.Namespace, config: Config) -> int:
     if args.eval_dataset == "synth":
         return run_synth(args)
+    from voicechat.allocator import keep_large_buffers_out_of_the_heap
     from voicechat.assemble import load_components
     from voicechat.evaluation import report, runner
 
+    keep_large_buffers_out_of_the_heap()  # memory stays flat over many questions
     dataset, top_k = args.eval_dataset, args.top_k
     check_out_folder(args.out)
     modes = runner.parse_modes(args.modes)

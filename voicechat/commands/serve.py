@@ -25,11 +25,13 @@ def run(args: argparse.Namespace, config) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0-65535 (0 picks a free one), got {args.port}")
 
+    from voicechat.allocator import keep_large_buffers_out_of_the_heap
     from voicechat.glm.lm.local import LocalBackend
     from voicechat.glm.lm.server import LMServer
     from voicechat.glm.text_tokenizer import GlmTextTokenizer
     from voicechat.models import resolve_model
 
+    keep_large_buffers_out_of_the_heap()  # memory stays flat over many requests
     token = None
     if args.token_env:
         token = os.environ.get(args.token_env)
