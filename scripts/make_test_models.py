@@ -1,6 +1,7 @@
 """Write randomly initialised models in the real on-disk formats, plus DIR/config.yaml.
 
     python scripts/make_test_models.py --size tiny --out test-models
+    python scripts/make_test_models.py --size tiny --voice-model qwen2.5-omni --out test-models-qwen
     voicechat --config test-models/config.yaml doctor
 """
 
@@ -17,10 +18,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", metavar="MODEL", help="write only these models")
+    parser.add_argument("--voice-model", choices=["glm-4-voice", "qwen2.5-omni"], default="glm-4-voice",
+                        help="the voice model to write (with the retrieval models both use)")
     args = parser.parse_args()
     from voicechat.testing.generator import generate
 
-    path = generate(args.out, args.size, args.seed, args.only, progress=lambda m: print(m, file=sys.stderr))
+    path = generate(args.out, args.size, args.seed, args.only, progress=lambda m: print(m, file=sys.stderr),
+                    voice_model=args.voice_model)
     print(path)
     return 0
 

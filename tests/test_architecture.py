@@ -25,7 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "user interface": ("voicechat.__main__", "voicechat.cli", "voicechat.commands", "voicechat.tui"),
     "conversation": ("voicechat.session", "voicechat.sessions", "voicechat.live", "voicechat.evaluation"),
     "engine": ("voicechat.engine", "voicechat.assemble", "voicechat.testing"),
-    "parts": ("voicechat.audio", "voicechat.retrieval", "voicechat.glm"),
+    "parts": ("voicechat.audio", "voicechat.retrieval", "voicechat.glm", "voicechat.qwen"),
     "base": ("voicechat", "voicechat.allocator", "voicechat.cancellation", "voicechat.config", "voicechat.errors",
              "voicechat.events", "voicechat.models", "voicechat.placement", "voicechat.sonar_cards",
              "voicechat.worker"),
@@ -128,11 +128,12 @@ def test_the_engine_does_not_know_who_assembles_or_drives_it() -> None:
     assert not found, found
 
 
-def test_retrieval_and_glm_are_independent_and_audio_imports_neither() -> None:
+def test_retrieval_and_the_voice_models_are_independent_and_audio_imports_none() -> None:
     found = "\n".join(filter(None, [
-        imports(("voicechat.retrieval",), ("voicechat.glm",)),
-        imports(("voicechat.glm",), ("voicechat.retrieval",)),
-        imports(("voicechat.audio",), ("voicechat.retrieval", "voicechat.glm")),
+        imports(("voicechat.retrieval",), ("voicechat.glm", "voicechat.qwen")),
+        imports(("voicechat.glm", "voicechat.qwen"), ("voicechat.retrieval",)),
+        imports(("voicechat.glm",), ("voicechat.qwen",)),
+        imports(("voicechat.audio",), ("voicechat.retrieval", "voicechat.glm", "voicechat.qwen")),
     ]))
     assert not found, found
 

@@ -24,6 +24,8 @@ def retrieval_modes(rag: str, two_round: str) -> set[str]:
 
 def load_components(config: Config, progress: Progress | None = None,
                     on_warning: Callable[[str], None] | None = None) -> Components:
+    if config.voice_model == "qwen2.5-omni":
+        return load_qwen_components(config, progress, on_warning)
     from voicechat.glm.decoder.model import SpeechDecoder
     from voicechat.glm.lm import open_backend
     from voicechat.glm.prompt import PromptBuilder, PromptTemplates
@@ -54,6 +56,28 @@ def load_components(config: Config, progress: Progress | None = None,
         raise
     report("ready", total, total)
     return Components(text_tokenizer, prompts, backend, speech_tokenizer, decoder, retriever)
+
+
+def load_qwen_components(config: Config, progress: Progress | None = None,
+                         on_warning: Callable[[str], None] | None = None) -> Components:
+    """Qwen2.5-Omni: one checkpoint holds the audio encoder, thinker, talker and token2wav."""
+    from voicechat.models import ensure_models
+    from voicechat.qwen.voice_model import load_qwen
+
+    if config.backend.kind != "local":
+        raise VoicechatError("voice_model qwen2.5-omni runs in this process: set backend.kind to local")
+    report = progress or (lambda step, done, total: None)
+    total = 3
+    report("checking models", 0, total)
+    paths = ensure_models(config)
+    report("voice model (Qwen2.5-Omni)", 1, total)
+    speakers = {preset.speaker for preset in config.voices.values() if preset.speaker}
+    parts = load_qwen(paths["omni"], config.models.omni, config.qwen, config.generation, speakers)
+    report("retrieval", 2, total)
+    retriever = load_retriever_or_warn(config, on_warning)
+    report("ready", total, total)
+    return Components(parts.text_tokenizer, parts.prompts, parts.backend, parts.speech_tokenizer,
+                      parts.decoder, retriever)
 
 
 def load_retriever_or_warn(config: Config, on_warning: Callable[[str], None] | None):

@@ -63,6 +63,7 @@ class ModelsConfig:
     sonar_text: ModelSpec = ModelSpec("text_sonar_basic_encoder")
     asr: ModelSpec = ModelSpec("openai/whisper-large-v3")
     turn: ModelSpec = ModelSpec("pipecat-ai/smart-turn-v3", device="cpu")  # end of turn (audio.turn: smart)
+    omni: ModelSpec = ModelSpec("Qwen/Qwen2.5-Omni-7B", dtype="bfloat16")  # voice_model: qwen2.5-omni (or -3B)
     cache_dir: str | None = None
 
 
@@ -135,6 +136,7 @@ class VoicePreset:
     description: str
     instruction: str = ""
     generation: GenerationOverrides = GenerationOverrides()
+    speaker: str | None = None  # Qwen2.5-Omni: a speaker of the checkpoint (Chelsie, Ethan); null: Chelsie
 
 
 DEFAULT_VOICES: dict[str, VoicePreset] = {
@@ -162,6 +164,9 @@ DEFAULT_VOICES: dict[str, VoicePreset] = {
     "mandarin": VoicePreset(
         "Answer in Mandarin Chinese.", "请用标准普通话回答，语气自然亲切。"
     ),
+    # Qwen2.5-Omni's two speakers (with GLM-4-Voice, its one voice)
+    "chelsie": VoicePreset("Qwen2.5-Omni's female voice, Chelsie.", "", speaker="Chelsie"),
+    "ethan": VoicePreset("Qwen2.5-Omni's male voice, Ethan.", "", speaker="Ethan"),
 }
 
 
@@ -319,6 +324,20 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class QwenConfig:
+    """voice_model: qwen2.5-omni. The talker's codes are decoded by token2wav in windows of DiT
+    blocks (24 mel frames = 12 codes = 0.48 s) with look_back and look_ahead blocks around each."""
+
+    talker_max_new_tokens: int = field(default=4096, metadata=_range(1, 32768))  # codes: 50 per second
+    talker_temperature: float = field(default=0.9, metadata=_range(0.0, 2.0))  # 0: greedy
+    first_chunk_blocks: int = field(default=1, metadata=_range(1, 100))
+    chunk_blocks: int = field(default=3, metadata=_range(1, 100))
+    look_back_blocks: int = field(default=4, metadata=_range(0, 100))
+    look_ahead_blocks: int = field(default=2, metadata=_range(0, 100))
+    seed: int = field(default=42, metadata=_range(0, 2**31 - 1))  # token2wav's noise
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """`voicechat serve`: limits on what a client may ask of this machine."""
 
@@ -344,6 +363,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Config:
+    voice_model: Literal["glm-4-voice", "qwen2.5-omni"] = "glm-4-voice"
     models: ModelsConfig = ModelsConfig()
     backend: BackendConfig = BackendConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -352,6 +372,7 @@ class Config:
     audio: AudioConfig = AudioConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     decoder: DecoderConfig = DecoderConfig()
+    qwen: QwenConfig = QwenConfig()
     serve: ServeConfig = ServeConfig()
     ui: UIConfig = UIConfig()
     sessions: SessionsConfig = SessionsConfig()

@@ -31,7 +31,7 @@ from voicechat.glm.prompt import FALLBACK_INSTRUCTION, Conversation, Passage, Pr
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
 from voicechat.worker import Worker
 
-TOKENS_PER_SECOND = 12.5  # speech tokens per second of reply audio
+TOKENS_PER_SECOND = 12.5  # GLM-4-Voice's speech tokens per second of reply audio (a decoder may say otherwise)
 REWRITE_INSTRUCTION = (
     "Do not answer yet. In one short sentence, state what information is needed to answer this question."
 )
@@ -428,7 +428,7 @@ class _Turn:
         played = self.engine.speaker.played_s
         if not interrupted or played == float("inf"):  # without a device all of it was shown
             return self.reply_ids
-        heard = int(played * TOKENS_PER_SECOND)
+        heard = int(played * getattr(self.parts.decoder, "tokens_per_second", TOKENS_PER_SECOND))
         special = self.parts.text_tokenizer.special
         kept, speech = [], 0
         for token in self.reply_ids:

@@ -25,6 +25,7 @@ HUB_FILES: dict[str, list[str]] = {
     "decoder": ["config.yaml", "flow.pt", "hift.pt"],
     "asr": ["*.json", "model.safetensors", "*.txt"],
     "turn": ["smart-turn-v3.2-cpu.onnx"],  # int8, for CPUs; the repo also has a GPU variant
+    "omni": ["*.json", "*.safetensors", "spk_dict.pt", "merges.txt", "vocab.json"],  # Qwen2.5-Omni
 }
 TURN_MODEL_FILE = HUB_FILES["turn"][0]
 
@@ -36,6 +37,7 @@ ROLE_NAMES: dict[str, str] = {
     "sonar_text": "SONAR text encoder",
     "asr": "ASR model (Whisper)",
     "turn": "end-of-turn model",
+    "omni": "voice model (Qwen2.5-Omni)",
 }
 
 PULL_HINT = "run `voicechat models pull` where the model hub can be reached"
@@ -65,7 +67,10 @@ def source_kind(source: str) -> Kind:
 def needed_roles(config: Config) -> list[str]:
     """The models this configuration actually uses."""
     retrieval = config.retrieval
-    roles = ["lm", "speech_tokenizer", "decoder"]  # with a remote backend, only the LM's tokenizer
+    if config.voice_model == "qwen2.5-omni":
+        roles = ["omni"]  # audio encoder, thinker, talker and token2wav in one checkpoint
+    else:
+        roles = ["lm", "speech_tokenizer", "decoder"]  # with a remote backend, only the LM's tokenizer
     if retrieval.rag != "off":
         roles.append("sonar_text")
     if retrieval.rag == "e2e":

@@ -23,13 +23,20 @@ WRITERS: dict[str, str] = {
     "decoder": "GLM-4-Voice speech decoder (flow + HiFT)",
     "sonar": "SONAR speech and text encoders (fairseq2 checkpoints and asset cards)",
     "asr": "Whisper speech recogniser (Hugging Face format)",
+    "qwen": "Qwen2.5-Omni voice model (Hugging Face format)",
+}
+# The writers each voice model needs; retrieval's models (SONAR, Whisper) serve both.
+VOICE_MODEL_WRITERS: dict[str, tuple[str, ...]] = {
+    "glm-4-voice": ("lm", "speech_tokenizer", "decoder", "sonar", "asr"),
+    "qwen2.5-omni": ("qwen", "sonar", "asr"),
 }
 
 
 def generate(out_dir: Path, size: Size = "tiny", seed: int = 0,
              only: list[str] | None = None,
-             progress: Callable[[str], None] | None = None) -> Path:
-    """Write every registered model (or those in ``only``); returns the config file path."""
+             progress: Callable[[str], None] | None = None,
+             voice_model: str = "glm-4-voice") -> Path:
+    """Write every model the voice model needs (or those in ``only``); returns the config file path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "retrieval": {"index_dir": "index"},
@@ -39,7 +46,10 @@ def generate(out_dir: Path, size: Size = "tiny", seed: int = 0,
     if size == "tiny":
         # Random weights rarely emit the end token: keep replies short on a CPU.
         config["generation"] = {"max_new_tokens": 120}
-    for name in WRITERS:
+        if voice_model == "qwen2.5-omni":  # text tokens; the talker's codes have their own cap
+            config["generation"] = {"max_new_tokens": 12}
+            config["qwen"] = {"talker_max_new_tokens": 80}
+    for name in VOICE_MODEL_WRITERS[voice_model]:
         if only and name not in only:
             continue
         if progress:

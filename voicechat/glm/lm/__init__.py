@@ -33,6 +33,7 @@ class SamplingParams:
     max_new_tokens: int = 2000
     stop_ids: tuple[int, ...] = ()
     seed: int | None = None
+    speaker: str | None = None  # the voice preset's speaker (Qwen2.5-Omni); GLM-4-Voice has one voice
 
     @classmethod
     def from_config(cls, generation: GenerationConfig, stop_ids: tuple[int, ...],
@@ -44,7 +45,8 @@ class SamplingParams:
             value = getattr(overrides, name, None) if overrides else None
             return getattr(generation, name) if value is None else value
 
-        return cls(float(pick("temperature")), float(pick("top_p")), int(pick("max_new_tokens")), tuple(stop_ids))
+        return cls(float(pick("temperature")), float(pick("top_p")), int(pick("max_new_tokens")), tuple(stop_ids),
+                   speaker=preset.speaker if preset else None)
 
 
 class LMBackend(Protocol):
