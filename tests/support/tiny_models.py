@@ -63,3 +63,18 @@ class ScriptedFirstReply:
 
     def close(self) -> None:
         self.real.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-Omni with the retrieval models, as the generator writes them."""
+    from voicechat.testing.generator import generate
+
+    out = tmp_path_factory.mktemp("tiny-qwen")
+    generate(out, "tiny", seed=0, voice_model="qwen2.5-omni")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_config(tiny_qwen_models_dir: Path) -> Config:
+    return load_config(tiny_qwen_models_dir / "config.yaml")

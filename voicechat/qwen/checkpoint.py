@@ -115,7 +115,7 @@ def load_omni(folder: Path, device: str = "auto", dtype: str = "auto") -> Loaded
 
     try:
         model = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            str(folder), config=config, local_files_only=True, trust_remote_code=False, dtype=torch_dtype)
+            str(folder), local_files_only=True, trust_remote_code=False, dtype=torch_dtype)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelError(f"{folder}: cannot load Qwen2.5-Omni ({str(error).splitlines()[0]})") from None
     model.token2wav.float()  # token2wav runs in float32, as transformers' generate does

@@ -54,9 +54,7 @@ FULL_SIZES: dict[str, dict[str, Any]] = {
 def write(out_dir: Path, size: str = "tiny", seed: int = 0, variant: str = "7B") -> dict[str, Any]:
     folder = Path(out_dir).resolve() / FOLDER
     write_omni(folder, size, seed, variant)
-    entry: dict[str, Any] = {"source": str(folder)}
-    if size == "full":
-        entry["dtype"] = "bfloat16"
+    entry: dict[str, Any] = {"source": str(folder), "dtype": "bfloat16" if size == "full" else "float32"}
     return {"voice_model": "qwen2.5-omni", "models": {"omni": entry}}
 
 
@@ -79,9 +77,15 @@ def write_omni(folder: Path, size: str = "tiny", seed: int = 0, variant: str = "
 
 
 def build(config: Any) -> Any:
+    import torch
     from transformers import Qwen2_5OmniForConditionalGeneration
 
     model = Qwen2_5OmniForConditionalGeneration(config)
+    # transformers initialises every weight with std 0.02; through BigVGAN's six upsampling stages
+    # that leaves audio near 1e-7, all rounding. PyTorch's own layer initialisation keeps it audible.
+    for module in model.token2wav.code2wav_bigvgan_model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+            module.reset_parameters()
     return model.eval()
 
 
