@@ -4,7 +4,9 @@ spk_dict.pt (the speakers Chelsie and Ethan: talker start token, speaker vector,
 a byte-level BPE tokenizer with Qwen's special tokens and chat template, and the Whisper feature
 extractor's preprocessor_config.json.
 
-"full" is the published 7B or 3B architecture (for benchmarks; several GB); "tiny" keeps every
+"full" approximates the 7B or 3B architecture for benchmarks (several GB; the thinker sizes are
+the Qwen2.5 7B/3B ones, the talker's were not checked against the published config.json, and no
+benchmark uses them yet); "tiny" keeps every
 size consistent the way the published config does (thinker hidden = audio output = talker
 embedding size; half the talker head = sum of the M-RoPE sections; DiT and BigVGAN share the mel
 size; codec vocabulary 8448 so the talker's end codes 8292/8294 exist).
@@ -36,7 +38,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Published sizes (config.json of Qwen/Qwen2.5-Omni-7B and -3B).
+# Full sizes: the thinkers are Qwen2.5-7B/3B; the talker values are unverified (see the docstring).
 FULL_SIZES: dict[str, dict[str, Any]] = {
     "7B": dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                          num_attention_heads=28, num_key_value_heads=4),
