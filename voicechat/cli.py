@@ -52,6 +52,7 @@ log = logging.getLogger("voicechat")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voicechat",
+        allow_abbrev=False,  # `serve --engine` is not an abbreviation of --engine-url
         description="Talk with your documents: a hands-free voice assistant for GLM-4-Voice "
         "with speech retrieval over a local knowledge folder. Without a command it starts the "
         "conversation screen.",

@@ -54,7 +54,8 @@ class EngineLink:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             connection = connect(address, additional_headers=headers, open_timeout=timeout, max_size=None,
-                                 compression=None, proxy=None, user_agent_header=f"voicechat/{__version__}")
+                                 compression=None, proxy=None, user_agent_header=f"voicechat/{__version__}",
+                                 legacy=True)  # the connection itself, closed by EngineLink.close
         except InvalidURI:
             raise ConfigError(f"--engine-url {url}: not a ws:// or wss:// address") from None
         except InvalidStatus as error:
@@ -128,7 +129,9 @@ class RemoteEngine:
         self.limits = link.welcome.get("limits", {})
         self.turns = 0
         self.cancel = threading.Event()
-        self._server_history = (0, 0)  # (header ids, turns) the server's copy holds
+        # (header ids, turns) the server's copy of the history holds; None: not known, so the first
+        # turn sends the history (a connection may have served another conversation before)
+        self._server_history: tuple[int, int] | None = None
 
     @classmethod
     def connect(cls, url: str, token: str | None, emit: Callable[[Event], None],
@@ -155,6 +158,11 @@ class RemoteEngine:
         self.cancel.clear()
         self.turns += 1
         turn = _RemoteTurn(self, self.turns, question)
+        limit = self.limits.get("max_utterance_s")
+        if question.audio is not None and limit and len(question.audio) / 16000 > limit:
+            turn.fail(f"the question is {len(question.audio) / 16000:.1f} s long; the engine server takes at most "
+                      f"{limit:g} s (its serve.max_utterance_s)")
+            return turn.finish()
         link = self._usable_link(turn)
         if link is None:
             return turn.finish()
