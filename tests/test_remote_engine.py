@@ -268,3 +268,15 @@ def test_an_engine_server_that_is_not_there_is_one_line(engine_config_path: Path
         EngineLink.open(url, None)
     assert main(["--config", str(engine_config_path), "--engine-url", url, "ask", "--text", "hi"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_doctor_checks_the_remote_engine_instead_of_local_models(engine_server: EngineServerProcess,
+                                                                  engine_config_path: Path, capsys) -> None:
+    flags = ["--config", str(engine_config_path), "--engine-url", engine_server.url, "--engine-token-env", TOKEN_ENV]
+    assert main([*flags, "doctor", "--json"]) == 0
+    checks = {c["area"]: c for c in json.loads(capsys.readouterr().out)}
+    engine = checks["remote engine"]
+    assert engine["ok"] and "protocol 1" in engine["detail"] and "retrieval modes e2e, text" in engine["detail"]
+    assert "knowledge index" not in checks  # the index is the server's
+    assert main([*flags[:-2], "doctor"]) == 1  # no token
+    assert "refused the token" in capsys.readouterr().out
