@@ -10,6 +10,7 @@ import pytest
 
 pytest_plugins = [
     "tests.support.decoder",
+    "tests.support.engine_server",
     "tests.support.lm",
     "tests.support.piper_speech",
     "tests.support.pulse",

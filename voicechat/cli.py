@@ -52,6 +52,7 @@ log = logging.getLogger("voicechat")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voicechat",
+        allow_abbrev=False,  # `serve --engine` is not an abbreviation of --engine-url
         description="Talk with your documents: a hands-free voice assistant for GLM-4-Voice "
         "with speech retrieval over a local knowledge folder. Without a command it starts the "
         "conversation screen.",
@@ -88,6 +89,11 @@ def _add_global_flags(parser: argparse.ArgumentParser, suppress_defaults: bool =
                        help="never contact a model hub; use local and cached models only")
     group.add_argument("--threads", type=_thread_count, metavar="N", default=default,
                        help="CPU threads a model may use (default: runtime.threads, else all cores)")
+    group.add_argument("--engine-url", metavar="URL", default=default,
+                       help="a remote engine (`voicechat serve --engine` there), e.g. ws://gpu-box:10001: "
+                            "the models run there, the microphone and speaker here (engine.url)")
+    group.add_argument("--engine-token-env", metavar="VAR", default=default,
+                       help="environment variable holding the remote engine's bearer token (engine.token_env)")
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        default=default, help="log verbosity; debug also shows tracebacks")
 
@@ -109,6 +115,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "voice": "voice",
         "rag": "retrieval.rag",
         "two_round": "retrieval.two_round",
+        "engine_url": "engine.url",
+        "engine_token_env": "engine.token_env",
     }
     overrides = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None)}
     if "retrieval.knowledge_dir" in overrides:  # a path typed on the command line is relative to here

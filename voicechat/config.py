@@ -342,6 +342,18 @@ class ServeConfig:
     """`voicechat serve`: limits on what a client may ask of this machine."""
 
     max_new_tokens: int = field(default=4096, metadata=_range(1, 32768))  # larger requests are refused
+    # `serve --engine`: the largest WebSocket message, and the longest spoken question, it takes
+    max_frame_bytes: int = field(default=4 * 1024 * 1024, metadata=_range(64 * 1024, 256 * 1024 * 1024))
+    max_utterance_s: float = field(default=60.0, metadata=_range(1, 600))
+
+
+@dataclass(frozen=True)
+class RemoteEngineConfig:
+    """A remote engine (`voicechat serve --engine` on another machine): the TUI, `ask` and `eval`
+    send it their questions instead of loading the models here."""
+
+    url: str | None = field(default=None, metadata={"pattern": (r"wss?://\S+", "a ws:// or wss:// address")})
+    token_env: str | None = None  # the environment variable holding the server's bearer token
 
 
 @dataclass(frozen=True)
@@ -374,6 +386,7 @@ class Config:
     decoder: DecoderConfig = DecoderConfig()
     qwen: QwenConfig = QwenConfig()
     serve: ServeConfig = ServeConfig()
+    engine: RemoteEngineConfig = RemoteEngineConfig()
     ui: UIConfig = UIConfig()
     sessions: SessionsConfig = SessionsConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -173,6 +173,7 @@ class TurnTimings:
     first_audio_ms: float | None = None  # the first reply audio handed to the speaker
     first_heard_ms: float | None = None  # ... reaching the output device (a live speaker only)
     total_ms: float | None = None
+    network_ms: float | None = None  # a remote engine: the question's way there and the first audio's back
     underruns: int = 0
 
     @classmethod

@@ -110,15 +110,21 @@ class LiveConversation:
             self.player.close()
         if self.session.parts is not None:
             self.session.parts.close()
+        elif self.session.engine is not None:
+            self.session.engine.close()  # a remote engine's connection
 
     # --- the conversation thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        parts = self._load()
-        if parts is None or self._closed.is_set():
-            return
-        self.session.ready(parts, self._open_speaker(parts.decoder.sample_rate),
-                           load_modes=lambda modes: add_retrieval_modes(self.config, parts, modes))
+        if self.config.engine.url:
+            if not self._connect():
+                return
+        else:
+            parts = self._load()
+            if parts is None or self._closed.is_set():
+                return
+            self.session.ready(parts, self._open_speaker(parts.decoder.sample_rate),
+                               load_modes=lambda modes: add_retrieval_modes(self.config, parts, modes))
         self._open_microphone()
         while (question := self.session.next_question()) is not None:
             self._turn(question)
@@ -132,6 +138,28 @@ class LiveConversation:
             self.emit(LoadProgress("failed", 1, 1))
             self.session.failed(str(error))
             return None
+
+    def _connect(self) -> bool:
+        """A remote engine (engine.url): the models are there, the microphone and speaker here."""
+        from voicechat.remote.client import EngineLink, RemoteEngine, token_from_env
+
+        url = self.config.engine.url
+        self.emit(LoadProgress("engine server", 0, 1))
+        try:
+            token = token_from_env(self.config.engine.token_env)
+            link = EngineLink.open(url, token)
+        except VoicechatError as error:
+            self.emit(LoadProgress("failed", 1, 1))
+            self.session.failed(str(error))
+            return False
+        self.emit(LoadProgress("ready", 1, 1))
+        if self._closed.is_set():
+            link.close()
+            return False
+        speaker = self._open_speaker(int(link.welcome["sample_rate"]))
+        self.session.ready(None, engine=lambda emit: RemoteEngine(link, emit, speaker,
+                                                                  reconnect=lambda: EngineLink.open(url, token)))
+        return True
 
     def _open_speaker(self, rate: int):
         if not self.use_audio:

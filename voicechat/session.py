@@ -100,12 +100,16 @@ class ConversationSession:
             self.state = new
             self.emit(StateChanged(old=old, new=new, why=why))
 
-    def ready(self, parts: Components, speaker: Speaker | None = None,
-              load_modes: Callable[[set[str]], None] | None = None) -> None:
+    def ready(self, parts: Components | None, speaker: Speaker | None = None,
+              load_modes: Callable[[set[str]], None] | None = None,
+              engine: Callable[[Callable[[Event], None]], Engine] | None = None) -> None:
         """The models are loaded. ``load_modes(modes)`` loads retrieval modes into ``parts`` on
-        demand; without it, a switch to a mode that is not loaded is refused."""
+        demand; without it, a switch to a mode that is not loaded is refused. ``engine(emit)``
+        makes the engine instead of one on ``parts`` (a remote engine, voicechat.remote.client:
+        then ``parts`` is None, and the engine says which modes are loaded)."""
         self.parts = parts
-        self.engine = Engine(EngineConfig.from_config(self.config), parts, self._from_engine, speaker)
+        self.engine = engine(self._from_engine) if engine is not None else \
+            Engine(EngineConfig.from_config(self.config), parts, self._from_engine, speaker)
         self.load_modes = load_modes
         self.move("muted" if self.muted else "listening", "ready")
         self._announce_settings()
@@ -281,7 +285,9 @@ class ConversationSession:
 
     @property
     def loaded_modes(self) -> frozenset[str]:
-        retriever = self.parts.retriever if self.parts is not None else None
+        if self.parts is None:
+            return getattr(self.engine, "modes", frozenset())  # a remote engine's
+        retriever = self.parts.retriever
         return retriever.modes if retriever is not None else frozenset()
 
     def toggle_muted(self) -> None:
@@ -386,8 +392,8 @@ class ConversationSession:
             timings=finished.timings,
         )
         try:
-            self._session_log().append(record, question.audio, MODEL_RATE, result.reply_audio,
-                                       self.parts.decoder.sample_rate)
+            rate = self.parts.decoder.sample_rate if self.parts is not None else self.engine.sample_rate
+            self._session_log().append(record, question.audio, MODEL_RATE, result.reply_audio, rate)
         except VoicechatError as error:
             self.emit(StageFailed(stage="session log", message=str(error)))
 

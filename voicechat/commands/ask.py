@@ -37,8 +37,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         check_output(args.out, args.audio)  # format and permission, before the reply is generated
     question = TurnInput(text=args.text) if args.audio is None else TurnInput(audio=read_question(args.audio, config))
     warnings: list[str] = []
-    with _progress() as report:
-        parts = load_components(config, report, on_warning=warnings.append)
     failures: list[str] = []
 
     def collect(event: Event) -> None:
@@ -46,16 +44,34 @@ def run(args: argparse.Namespace, config: Config) -> int:
             failures.append(f"{event.stage}: {event.message}")
 
     session = ConversationSession(config, collect, save=False)
-    try:
+    if config.engine.url:
+        from voicechat.remote.client import RemoteEngine
+
+        link = connect_remote(config)
+        session.ready(None, engine=lambda emit: RemoteEngine(link, emit))
+        closing = link
+    else:
+        with _progress() as report:
+            parts = load_components(config, report, on_warning=warnings.append)
         session.ready(parts)
+        closing = parts
+    try:
         result = session.run_turn(question)
     finally:
-        parts.close()
-    rate = parts.decoder.sample_rate
+        closing.close()
+    rate = session.engine.sample_rate if session.parts is None else session.parts.decoder.sample_rate
     report_turn(args, result, rate, warnings + failures)  # the reply is shown even if the file cannot be written
     if args.out is not None:
         write_audio(args.out, result.reply_audio, rate)
     return 1 if failures else 0
+
+
+def connect_remote(config: Config):
+    """The connection to the remote engine (engine.url). A refused token, an unreachable server
+    or another protocol version is one line (EngineUnavailable)."""
+    from voicechat.remote.client import EngineLink, token_from_env
+
+    return EngineLink.open(config.engine.url, token_from_env(config.engine.token_env))
 
 
 def read_question(path: Path, config: Config):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from voicechat.config import Config
 
-HELP = "check Python, torch, accelerator, audio devices, models and the index"
+HELP = ("check Python, torch, accelerator, audio devices, models and the index; with --engine-url, "
+        "the remote engine (reachable, its version, the models it loaded)")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    checks = [*runtime_checks(), audio_check(), *model_checks(config), index_check(config)]
+    if config.engine.url:  # the models and the index are on the engine server's machine
+        checks = [*runtime_checks(), audio_check(), engine_check(config)]
+    else:
+        checks = [*runtime_checks(), audio_check(), *model_checks(config), index_check(config)]
     if args.json:
         import json
 
@@ -74,6 +78,27 @@ def audio_check() -> Check:
     return Check("audio devices", ok, f"{inputs} input, {outputs} output",
                  "" if ok else "connect a microphone and speakers, or type questions in the app",
                  required=False)
+
+
+def engine_check(config: Config) -> Check:
+    """The remote engine answers, speaks this client's protocol and says what it loaded."""
+    from voicechat.errors import VoicechatError
+    from voicechat.remote.client import EngineLink, token_from_env
+
+    try:
+        link = EngineLink.open(config.engine.url, token_from_env(config.engine.token_env))
+    except VoicechatError as error:
+        return Check("remote engine", False, str(error), "start `voicechat serve --engine` on the engine machine, "
+                                                         "and give its address and token here")
+    link.close()
+    welcome = link.welcome
+    models = welcome.get("models", {})
+    modes = ", ".join(welcome.get("modes", ())) or "none"
+    detail = (f"{welcome.get('server')} (protocol {welcome.get('protocol')}) at {config.engine.url}: "
+              f"LM {models.get('lm')} ({models.get('backend')}), retrieval modes {modes}")
+    if models.get("knowledge"):
+        detail += f", knowledge {models['knowledge']}"
+    return Check("remote engine", True, detail)
 
 
 def model_checks(config: Config) -> list[Check]:

@@ -120,6 +120,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise VoicechatError(f"--top-k must be at least 1, got {top_k}")
     questions = choose(read_questions(args, dataset), args.limit, args.seed)
     check_texts(questions, modes, args.synth)
+    if config.engine.url:
+        return run_remote(args, config, dataset, modes, questions)
     knowledge = index_dir = None
     if dataset == "folder":
         knowledge, index_dir = knowledge_folder(config)
@@ -151,6 +153,45 @@ def run(args: argparse.Namespace, config: Config) -> int:
         summary = report.write_summary(args.out, info, results.records)
         if plots:
             report.write_plots(args.out, summary)
+    print((args.out / "summary.md").read_text(encoding="utf-8"))
+    return 1 if any(r["problems"] for r in records) else 0
+
+
+def run_remote(args: argparse.Namespace, config: Config, dataset: str, modes: list[str], questions: list) -> int:
+    """The questions asked of a remote engine (--engine-url), about its machine's knowledge folder."""
+    from voicechat.commands.ask import connect_remote
+    from voicechat.evaluation import report, runner
+    from voicechat.remote.client import EngineLink, RemoteEngine
+
+    if dataset != "folder":
+        raise VoicechatError("with --engine-url, eval asks about the engine server's own knowledge folder: use "
+                             "`voicechat eval folder`; hotpotqa and rgb index each question's passages on this machine")
+    if "text" in modes:
+        raise VoicechatError("mode text retrieves on this machine; leave it out of --modes with --engine-url")
+    link = connect_remote(config)
+    spec = runner.RunSpec(dataset, tuple(modes), args.top_k, "folder")
+    speech = speech_source(args, dataset, questions)
+    for question in questions:
+        speech.path(question.id)
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = run_info(args, config, spec, questions, speech)
+    info["options"]["engine"] = config.engine.url
+    info = runner.check_run_info(args.out, info)
+    results = runner.ResultsFile(args.out / runner.RESULTS)
+    url, current = config.engine.url, [link]  # one connection for every question; a new one after a loss
+
+    def reconnect() -> EngineLink:
+        current[0] = connect_remote(config)
+        return current[0]
+
+    try:
+        with _Bar(f"{dataset} questions x modes on {url}") as bar:
+            records = runner.run_remote(config, lambda emit: RemoteEngine(current[0], emit, reconnect=reconnect),
+                                        questions, speech, spec, results, bar.update)
+    finally:
+        current[0].close()
+        summary = report.write_summary(args.out, info, results.records)
+        report.write_plots(args.out, summary)
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     return 1 if any(r["problems"] for r in records) else 0
 

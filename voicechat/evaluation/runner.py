@@ -215,16 +215,20 @@ class GoldTextRetriever:
 
 
 def run_question(config: Config, parts, retriever, question: Question, audio, mode: str,
-                 spec: RunSpec) -> dict:
+                 spec: RunSpec, engine=None) -> dict:
+    """``engine(emit)``: a remote engine to ask instead (its server's index; ``parts`` is None)."""
     from voicechat.engine import Settings, TurnInput
     from voicechat.events import Retrieved, StageFailed
     from voicechat.session import ConversationSession
 
     rag, two_round = MODES[mode]
-    parts.retriever = GoldTextRetriever(retriever, question.text) if mode == "text" else retriever
     events: list = []
     session = ConversationSession(config, events.append, save=False, settings=Settings(rag, two_round, config.voice))
-    session.ready(parts)
+    if engine is None:
+        parts.retriever = GoldTextRetriever(retriever, question.text) if mode == "text" else retriever
+        session.ready(parts)
+    else:
+        session.ready(None, engine=engine)
     result = session.run_turn(TurnInput(audio=audio))
     rounds = [e for e in events if isinstance(e, Retrieved)]
     retrieved = [source.file for source in result.sources] if rounds else []
@@ -309,4 +313,24 @@ def run(config: Config, parts, scopes: Scopes, questions: list[Question], speech
                 done += 1
                 report(done, total)
     parts.retriever = None
+    return results.records
+
+
+def run_remote(config: Config, engine, questions: list[Question], speech: SpeechSource, spec: RunSpec,
+               results: ResultsFile, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """``run`` on a remote engine (``engine(emit)`` makes one conversation's): the questions ask
+    about the knowledge folder on the engine server's machine, searched in its index."""
+    total = len(questions) * len(spec.modes)
+    done = sum(1 for q in questions for m in spec.modes if (q.id, m) in results.done)
+    report = progress or (lambda done, total: None)
+    report(done, total)
+    for question in questions:
+        modes = [m for m in spec.modes if (question.id, m) not in results.done]
+        if not modes:
+            continue
+        audio = speech.load(question.id)
+        for mode in modes:
+            results.append(run_question(config, None, None, question, audio, mode, spec, engine=engine))
+            done += 1
+            report(done, total)
     return results.records

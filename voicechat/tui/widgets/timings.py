@@ -21,7 +21,8 @@ MILESTONES = [
     ("total", "total_ms"),
 ]
 DURATIONS = [("tokenize", "tokenize_ms"), ("retrieve", "retrieve_ms"), ("  embed", "embed_ms"),
-             ("  search", "search_ms")]
+             ("  search", "search_ms"), ("network", "network_ms")]
+ONLY_WHEN_MEASURED = {"network_ms"}  # a remote engine's stage: no row for a turn in this process
 BAR_WIDTH = 18
 
 
@@ -43,6 +44,8 @@ class TimingsPanel(Static):
         scale = max((v for _, f in MILESTONES + DURATIONS if (v := getattr(timings, f)) is not None), default=1.0)
         for label, name in DURATIONS + MILESTONES:
             value = getattr(timings, name)
+            if name in ONLY_WHEN_MEASURED and value is None and self.average(name) is None:
+                continue
             table.add_row(label, self.bar(value, scale), _ms(value), _ms(self.average(name)))
         if timings.prompt_tokens is not None:
             table.add_row("prompt tokens", "", str(timings.prompt_tokens), "")
