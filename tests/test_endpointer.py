@@ -135,3 +135,35 @@ def test_skipped_audio_is_ignored_but_keeps_the_clock():
     ended = utterances(events)
     assert all(e.start >= half / RATE for e in ended)
     assert [e.t for e in events if isinstance(e, Level)][0] > half / RATE
+
+
+# --- pauses inside an utterance ------------------------------------------------------------------
+
+
+def test_the_last_pause_carries_exactly_the_audio_the_end_of_the_utterance_carries():
+    from voicechat.audio.events import Paused, Resumed
+
+    events = find_utterances(scene([1.0, question("en"), 2.0]).samples, VadConfig())
+    ended, = utterances(events)
+    marks = [e for e in events if isinstance(e, (Paused, Resumed, UtteranceEnded))]
+    assert isinstance(marks[-2], Paused) and marks[-1] is ended
+    assert np.array_equal(marks[-2].audio, ended.audio)
+    assert (marks[-2].start, marks[-2].end, marks[-2].audio_start) == (ended.start, ended.end, ended.audio_start)
+    assert ended.end + 0.2 <= marks[-2].t < ended.t
+    for earlier, after in zip(marks[:-2:2], marks[1:-2:2]):  # a pause between words is resumed
+        assert isinstance(earlier, Paused) and isinstance(after, Resumed)
+
+
+def test_speech_after_a_pause_resumes_the_utterance_and_its_end_holds_both_parts():
+    from voicechat.audio.events import Paused, Resumed
+
+    config = VadConfig(trailing_silence_ms=1200)
+    speech = scene([1.0, question("en"), 0.6, question("en-first"), 2.0])
+    events = find_utterances(speech.samples, config)
+    ended, = utterances(events)
+    (_, first_end), (second_start, _) = speech.speech
+    inside = [e for e in events if isinstance(e, (Paused, Resumed)) and first_end < e.t < second_start + 0.2]
+    assert [type(e) for e in inside] == [Paused, Resumed]
+    assert inside[0].audio.size < ended.audio.size
+    assert np.array_equal(inside[0].audio, ended.audio[:inside[0].audio.size])
+

@@ -56,6 +56,30 @@ def test_turn_model_that_says_complete_ends_the_utterance_after_the_first_check(
     assert ended.t <= true_end + 0.15 + 0.1  # one check after the end, give or take a syllable's decay
 
 
+class TickingClock:
+    """Test double for the detector's clock: every reading is ``step`` seconds after the last, as
+    if each answer of the model took that long."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_decision_time_includes_the_turn_models_compute_time():
+    config = VadConfig(preset="relaxed", turn_silence_ms=150)
+    speech = scene([1.0, question("en-first"), 2.0])
+    instant, slow = TurnDetector(Constant(0.9), 0.5), TurnDetector(Constant(0.9), 0.5)
+    instant.clock, slow.clock = TickingClock(0.0), TickingClock(0.25)
+    at_once, = utterances(find_utterances(speech.samples, config, instant))
+    later, = utterances(find_utterances(speech.samples, config, slow))
+    assert later.reason == at_once.reason == "complete"
+    assert later.t == pytest.approx(at_once.t + 0.25)
+    assert later.end == at_once.end
+
+
 def test_turn_model_that_says_unfinished_leaves_the_end_to_the_longest_silence():
     config = VadConfig(preset="default")
     speech = scene([1.0, question("en"), 2.0])
@@ -73,6 +97,11 @@ def test_level_events_carry_the_last_end_of_turn_probability():
     levels = [e for e in find_utterances(speech.samples, VadConfig(), TurnDetector(Constant(0.3), 0.5))
               if isinstance(e, Level)]
     assert levels[0].turn_probability is None and levels[-1].turn_probability == 0.3
+    two = scene([1.0, question("en"), 2.0, question("en"), 2.0])
+    levels = [e for e in find_utterances(two.samples, VadConfig(), TurnDetector(Constant(0.3), 0.5))
+              if isinstance(e, Level)]
+    second = next(e for e in levels if e.speaking and e.t > two.speech[1][0])
+    assert second.turn_probability is None  # an answer is shown for its own utterance only
     assert all(e.turn_probability is None for e in find_utterances(speech.samples, VadConfig())
                if isinstance(e, Level))
 

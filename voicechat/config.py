@@ -224,6 +224,9 @@ class VadConfig:
     turn_silence_ms: int | None = field(default=None, metadata=_range(30, 10000))
     turn_check_ms: int = field(default=150, metadata=_range(30, 2000))
     turn_threshold: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    # silence after speech that is a pause: the screen says "pausing" and, with audio.preemptive,
+    # the reply is prepared on the utterance so far
+    pause_ms: int = field(default=200, metadata=_range(30, 10000))
 
     @property
     def trailing_ms(self) -> int:
@@ -257,6 +260,7 @@ class AudioConfig:
     echo_tail_ms: int = field(default=300, metadata=_range(0, 5000))  # half-duplex: deaf after playback
     capture_block_ms: int = field(default=40, metadata=_range(5, 200))  # 40: <2% CPU idle
     turn: Literal["silence", "smart"] = "smart"  # how the end of a question is decided
+    preemptive: bool = True  # prepare the reply in the pause, play it when the end is confirmed
     vad: VadConfig = VadConfig()
     playback: PlaybackConfig = PlaybackConfig()
 

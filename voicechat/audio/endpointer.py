@@ -15,7 +15,12 @@ With a :class:`~voicechat.audio.turn.TurnDetector` (``audio.turn: smart``), Sile
 webrtcvad: an utterance starts only on frames both take for speech, and once both have heard
 ``turn_silence_ms`` of silence after speech the end-of-turn model is asked, again every
 ``turn_check_ms``: the utterance ends as soon as it says the turn is complete (reason
-``complete``), else after the preset's longest silence (``VadConfig.smart``).
+``complete``), else after the preset's longest silence (``VadConfig.smart``). The model's compute
+time is part of when it decided: the end's ``t`` is the frame's time plus that time.
+
+A pause inside an utterance is reported too: after ``pause_ms`` of silence (and at least the
+tail), ``Paused`` carries the utterance so far, the very audio its end will carry unless speech
+follows; speech after it is ``Resumed``. The conversation may start the reply in the pause.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from voicechat.audio.events import Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded
+from voicechat.audio.events import Level, Paused, Resumed, SpeechStarted, UtteranceDiscarded, UtteranceEnded
 from voicechat.audio.resample import MODEL_RATE
 from voicechat.config import VadConfig
 
@@ -37,7 +42,7 @@ SILENCE_DBFS = -100.0  # the level reported for digital silence
 FLOOR_MIN_DBFS = -70.0  # the noise floor never goes below this
 FLOOR_PERCENTILE = 15.0  # of the frame energies over noise_window_s
 
-Event = SpeechStarted | Level | UtteranceEnded | UtteranceDiscarded
+Event = SpeechStarted | Level | Paused | Resumed | UtteranceEnded | UtteranceDiscarded
 
 
 def frame_dbfs(frame: np.ndarray) -> float:
@@ -64,8 +69,11 @@ class Endpointer:
         self._check = _frames(config.turn_check_ms, config.frame_ms)
         self._silent = 0  # speechless frames since the last speech frame of the utterance
         self._quiet = 0  # frames since Silero last heard speech
+        self._pause = max(_frames(config.pause_ms, config.frame_ms), self._tail_frames(config))
+        self._paused = False  # a Paused was reported and no speech came since
+        self._decision_s = 0.0  # the end-of-turn model's compute time for its last answer
         self._preroll = _frames(config.preroll_ms, config.frame_ms, at_least=0)
-        self._tail = _frames(config.tail_ms, config.frame_ms, at_least=0)
+        self._tail = self._tail_frames(config)
         self._start_speech = _frames(config.start_speech_ms, config.frame_ms)
         self._max_frames = max(1, int(config.max_utterance_s * 1000 // config.frame_ms))
         window = max(_frames(config.start_window_ms, config.frame_ms), self._start_speech)
@@ -86,6 +94,10 @@ class Endpointer:
     @property
     def speaking(self) -> bool:
         return self._utterance is not None
+
+    @staticmethod
+    def _tail_frames(config: VadConfig) -> int:
+        return _frames(config.tail_ms, config.frame_ms, at_least=0)
 
     @property
     def noise_floor_dbfs(self) -> float:
@@ -120,6 +132,7 @@ class Endpointer:
         self._pending = np.zeros(total % self.frame_len, dtype=np.int16)
         self._utterance = None
         self._speech_frames = []
+        self._paused = False
         self._window.clear()
         self._recent.clear()
         if self.turn is not None:
@@ -150,9 +163,15 @@ class Endpointer:
             self._utterance.append(frame)
             self._speech_frames.append(speech)
             self._silent = 0 if speech else self._silent + 1
+            if speech and self._paused:
+                events.append(self._resume(index))
             ended = self._ending_reason()
             if ended:
                 events.append(self._end(index, ended))
+            elif not self._paused and self._pausing():
+                paused = self._pause_event(index)
+                if paused is not None:
+                    events.append(paused)
         level = self._level(index, dbfs, speech)
         if level:
             events.append(level)
@@ -176,6 +195,9 @@ class Endpointer:
         self._speech_frames = [False] * (kept - len(window) + first) + window[first:]
         self._speech_start = start_index
         self._silent = 0
+        self._paused = False
+        if self.turn is not None:
+            self.turn.probability = None  # the meter shows this utterance's answers only
         return SpeechStarted(t=self._time(index + 1), start=self._time(start_index))
 
     def _ending_reason(self) -> str | None:
@@ -183,25 +205,54 @@ class Endpointer:
             return "silence"
         if len(self._utterance) >= self._max_frames:
             return "max_length"
-        pause = min(self._silent, self._quiet) - self._first_check  # both VADs hear silence
+        pause = self._silence() - self._first_check
         if self.turn is not None and pause >= 0 and pause % self._check == 0:
-            if self.turn.complete(np.concatenate(self._utterance)):
+            started = self.turn.clock()
+            complete = self.turn.complete(np.concatenate(self._utterance))
+            self._decision_s = self.turn.clock() - started
+            if complete:
                 return "complete"
         return None
 
-    def _end(self, index: int, reason: str) -> UtteranceEnded | UtteranceDiscarded:
+    def _silence(self) -> int:
+        """Frames of silence after the utterance's speech (with Silero: both VADs hear it)."""
+        return min(self._silent, self._quiet) if self.turn is not None else self._silent
+
+    def _pausing(self) -> bool:
+        return self._silence() >= self._pause
+
+    def _so_far(self) -> tuple[float, float, list[np.ndarray]]:
+        """The utterance's start and end of speech, and its frames up to the tail after that end."""
         flags = self._speech_frames
         last = len(flags) - 1 - flags[::-1].index(True)  # an utterance starts with speech
-        last_index = self._utterance_first + last
-        start, end = self._time(self._speech_start), self._time(last_index + 1)
-        frames = self._utterance[: last + 1 + self._tail]
+        start, end = self._time(self._speech_start), self._time(self._utterance_first + last + 1)
+        return start, end, self._utterance[: last + 1 + self._tail]
+
+    def _pause_event(self, index: int) -> Paused | None:
+        start, end, frames = self._so_far()
+        self._paused = True
+        if (end - start) * 1000 < self.config.min_utterance_ms:
+            return None  # it would be discarded: nothing to prepare
+        return Paused(t=self._time(index + 1), start=start, end=end, audio=np.concatenate(frames),
+                      audio_start=self._time(self._utterance_first))
+
+    def _resume(self, index: int) -> Resumed:
+        self._paused = False
+        if self.turn is not None:
+            self.turn.probability = None
+        return Resumed(t=self._time(index + 1))
+
+    def _end(self, index: int, reason: str) -> UtteranceEnded | UtteranceDiscarded:
+        start, end, frames = self._so_far()
+        decided = self._time(index + 1) + (self._decision_s if reason == "complete" else 0.0)
         self._utterance = None
         self._speech_frames = []
         self._window.clear()
+        self._paused = False
         if (end - start) * 1000 < self.config.min_utterance_ms:
-            return UtteranceDiscarded(t=self._time(index + 1), start=start, end=end)
+            return UtteranceDiscarded(t=decided, start=start, end=end)
         return UtteranceEnded(
-            t=self._time(index + 1),
+            t=decided,
             start=start,
             end=end,
             audio=np.concatenate(frames),

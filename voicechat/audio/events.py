@@ -52,6 +52,22 @@ class UtteranceEnded(Event):
         return self.end - self.start
 
 
+@dataclass(frozen=True, eq=False)
+class Paused(Event):
+    """Silence after speech inside an utterance that may go on: ``audio`` is the utterance so far,
+    exactly what UtteranceEnded will carry if no speech follows (work on it may start now)."""
+
+    start: float  # estimated start of speech
+    end: float  # estimated end of speech so far
+    audio: np.ndarray = field(repr=False)
+    audio_start: float
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    """Speech again after a pause: the utterance goes on, what was paused on is not the question."""
+
+
 @dataclass(frozen=True)
 class UtteranceDiscarded(Event):
     """Speech that started but was shorter than the minimum utterance (a cough, a click)."""
@@ -75,4 +91,5 @@ class DeviceFailed(Event):
     message: str
 
 
-AudioEvent = SpeechStarted | Level | UtteranceEnded | UtteranceDiscarded | Interrupted | DeviceFailed
+AudioEvent = (SpeechStarted | Level | Paused | Resumed | UtteranceEnded | UtteranceDiscarded | Interrupted
+              | DeviceFailed)

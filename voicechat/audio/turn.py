@@ -15,6 +15,7 @@ scale, log10 clipped 8 below the maximum, (x + 4) / 4), 800 frames.
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -180,6 +181,7 @@ class TurnDetector:
         self.threshold = threshold
         self.silero = silero
         self.probability: float | None = None  # the turn model's last answer
+        self.clock = time.perf_counter  # times the model: its compute is part of when it decided
         self._voice = 0.0
         self._in_speech = False
 
