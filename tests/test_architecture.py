@@ -24,7 +24,7 @@ PACKAGE = REPO / "voicechat"
 LAYERS: dict[str, tuple[str, ...]] = {
     "user interface": ("voicechat.__main__", "voicechat.cli", "voicechat.commands", "voicechat.tui"),
     "conversation": ("voicechat.session", "voicechat.sessions", "voicechat.live", "voicechat.evaluation"),
-    "engine": ("voicechat.engine", "voicechat.assemble", "voicechat.testing", "voicechat.remote"),
+    "engine": ("voicechat.engine", "voicechat.hold", "voicechat.assemble", "voicechat.testing", "voicechat.remote"),
     "parts": ("voicechat.audio", "voicechat.retrieval", "voicechat.glm", "voicechat.qwen"),
     "base": ("voicechat", "voicechat.allocator", "voicechat.cancellation", "voicechat.config", "voicechat.errors",
              "voicechat.events", "voicechat.models", "voicechat.placement", "voicechat.sonar_cards",

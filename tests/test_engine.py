@@ -33,6 +33,7 @@ from voicechat.events import (
     TurnStarted,
 )
 from voicechat.glm.prompt import Conversation
+from voicechat.hold import Hold
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES_PER_TOKEN = 1764  # 22050 Hz / 12.5 tokens per second
@@ -308,3 +309,55 @@ def test_fallback_drops_an_uninformed_reply_before_any_audio_and_retrieves_via_a
     assert "insufficient information" not in result.finished.reply_text
     marks = [(type(e).__name__, e.round) for e in events if isinstance(e, (RoundStarted, RoundDiscarded))]
     assert marks == [("RoundStarted", 1), ("RoundDiscarded", 1), ("RoundStarted", 2)]
+
+
+# --- held turns: started in the user's pause -----------------------------------------------------
+
+
+def start_held(config: Config, parts: Components, hold: Hold, speaker: CollectingSpeaker):
+    """A held spoken turn running on its own thread, as the conversation's thread runs it."""
+    events: list[Event] = []
+    engine = Engine(EngineConfig.from_config(config), parts, events.append, speaker=speaker)
+    outcome: dict[str, object] = {}
+    question = TurnInput(audio=question_audio(1.0), speech_end_t=time.monotonic(), hold=hold)
+    thread = threading.Thread(target=lambda: outcome.setdefault(
+        "result", engine.run_turn(question, Settings.from_config(config), Conversation())))
+    thread.start()
+    return engine, events, outcome, thread
+
+
+def test_a_held_turn_shows_and_plays_nothing_until_released_then_all_of_it(config: Config, parts: Components) -> None:
+    hold, speaker = Hold(), CollectingSpeaker()
+    engine, events, outcome, thread = start_held(config, parts, hold, speaker)
+    assert hold.audio_ready.wait(120)  # the first audio is decoded, and waits
+    assert events == [] and speaker.pieces == []
+    hold.release()
+    thread.join(120)
+    result = outcome["result"]
+    assert isinstance(events[0], TurnStarted) and isinstance(events[-1], TurnFinished)
+    assert kinds(events)[:3] == ["TurnStarted", "SpeechTokenized", "RoundStarted"]
+    assert np.array_equal(speaker.audio(), result.reply_audio) and result.reply_audio.size > 0
+    timings = result.finished.timings
+    assert timings.preemptive_ms > 0
+    assert timings.confirmed_to_audio_ms == 0  # the audio was ready before the confirmation
+    assert timings.first_audio_ms == pytest.approx(timings.endpoint_delay_ms)
+    assert not result.finished.interrupted and engine.turns == 1
+
+
+def test_a_dropped_held_turn_leaves_no_event_no_audio_and_no_turn_number(config: Config, parts: Components) -> None:
+    hold, speaker = Hold(), CollectingSpeaker()
+    engine, events, outcome, thread = start_held(config, parts, hold, speaker)
+    assert hold.audio_ready.wait(120)
+    hold.drop()
+    engine.interrupt()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert events == [] and speaker.pieces == []
+    assert outcome["result"].finished.interrupted and engine.turns == 0
+    dropped_early = Hold()
+    dropped_early.drop()  # before the turn started: it stops at once
+    result = engine.run_turn(TurnInput(audio=question_audio(1.0), hold=dropped_early), Settings.from_config(config),
+                             Conversation())
+    assert events == [] and speaker.pieces == [] and result.prompt is None
+    engine.run_turn(TurnInput(text="And now?"), Settings.from_config(config), Conversation())
+    assert events[0].turn == 1  # the next real turn is the first

@@ -3,7 +3,8 @@
 For each question the engine tokenises the speech and retrieves passages concurrently, builds the
 prompt, streams the model's reply, shows its text as it comes and decodes its speech tokens chunk
 by chunk into the speaker. It reports everything as events (voicechat.events) and knows nothing
-about the UI: the TUI, `voicechat ask` and the evaluation harness drive it alike.
+about the UI: the TUI, `voicechat ask` and the evaluation harness drive it alike. A turn may be
+held (voicechat.hold): started in the user's pause, shown and played only once confirmed.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from voicechat.config import Config, DecoderConfig, GenerationConfig, VoicePrese
 from voicechat.errors import VoicechatError
 from voicechat.events import (
     AudioChunk, Event, PromptReady, Retrieved, RoundDiscarded, RoundStarted, Source, SpeechTokenized, SpeechTokens,
-    StageFailed, TextDelta, TurnFinished, TurnStarted, TurnTimings,
+    StageFailed, TextDelta, TurnConfirmed, TurnFinished, TurnStarted, TurnTimings,
 )
 from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText, demux
 from voicechat.glm.lm import LMBackend, SamplingParams
 from voicechat.glm.prompt import FALLBACK_INSTRUCTION, Conversation, Passage, Prompt, PromptBuilder, needs_fallback
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
+from voicechat.hold import HeldSpeaker, Hold
 from voicechat.worker import Worker
 
 TOKENS_PER_SECOND = 12.5  # GLM-4-Voice's speech tokens per second of reply audio (a decoder may say otherwise)
@@ -144,6 +146,7 @@ class TurnInput:
     audio: np.ndarray | None = None  # MODEL_RATE mono float32
     text: str | None = None
     speech_end_t: float | None = None  # when the user stopped speaking (endpointer's estimate)
+    hold: Hold | None = None  # started before the question was confirmed: shown and played once released
 
 
 @dataclass
@@ -204,10 +207,17 @@ class Engine:
 
     def run_turn(self, question: TurnInput, settings: Settings, history: Conversation) -> TurnResult:
         """Runs a whole turn on the calling thread; interrupt() from any thread cuts it short.
-        ``history`` is read, not changed: the caller adds the result's prompt and heard reply."""
+        ``history`` is read, not changed: the caller adds the result's prompt and heard reply.
+        A held turn (``question.hold``) that is dropped leaves nothing, not even its number."""
         self.cancel.clear()
-        self.turns += 1
-        return _Turn(self, self.turns, question, settings, history).run()
+        hold = question.hold
+        if hold is not None and hold.dropped:  # dropped before it started: stop at once
+            self.cancel.set()
+        number = self.turns + 1
+        result = _Turn(self, number, question, settings, history).run()
+        if hold is None or hold.released:
+            self.turns = number
+        return result
 
     def interrupt(self) -> None:
         with self._lock:
@@ -242,6 +252,8 @@ class _Turn:
         self.history = history
         self.number = number
         self.question = question
+        self.hold = question.hold
+        self.speaker = engine.speaker if self.hold is None else HeldSpeaker(engine.speaker, self.hold)
         self.events: list[Event] = []
         self.sources: tuple[Source, ...] = ()
         self.reply_text = ""
@@ -251,7 +263,10 @@ class _Turn:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
-        self.engine.emit_to_driver(event)
+        if self.hold is None:
+            self.engine.emit_to_driver(event)
+        else:
+            self.hold.run(lambda: self.engine.emit_to_driver(event))
 
     def run(self) -> TurnResult:
         q = self.question
@@ -268,10 +283,12 @@ class _Turn:
                                                       "retrying with ASR retrieval"))
                 retrieval = self.retrieve("asr", 2, self.engine.cancel)
                 prompt, outcome = self.answer(speech_tokens, retrieval, round_number=2)
+        if self.hold is not None and self.hold.wait():  # a held turn ends once decided
+            self.emit(TurnConfirmed(t=self.hold.confirmed_at, audio_ready=self.hold.audio_ready_at))
         interrupted = self.engine.cancel.is_set()
         keep = prompt is not None and not self.failed
         end_t = time.monotonic()
-        speaker = self.engine.speaker
+        speaker = self.speaker
         timings = TurnTimings.from_events(self.events, end_t=end_t, underruns=speaker.underruns,
                                           first_heard_at=speaker.first_audio_at)
         finished = TurnFinished(turn=self.number, reply_text=self.reply_text, interrupted=interrupted,
@@ -425,7 +442,7 @@ class _Turn:
     def heard_reply_ids(self, interrupted: bool) -> list[int]:
         """The reply as the user heard it: after an interruption, speech tokens not played yet
         (and the text that came with them) are not part of the conversation."""
-        played = self.engine.speaker.played_s
+        played = self.speaker.played_s
         if not interrupted or played == float("inf"):  # without a device all of it was shown
             return self.reply_ids
         heard = int(played * getattr(self.parts.decoder, "tokens_per_second", TOKENS_PER_SECOND))
@@ -458,7 +475,7 @@ class _Reply:
     def play(self) -> str:
         turn = self.turn
         decoder = Worker(self.decode, "voicechat-decoder", self.cancel)
-        turn.engine.speaker.begin()
+        turn.speaker.begin()
         decoder.start()
         try:
             outcome = self.stream(turn.sampling())
@@ -504,7 +521,7 @@ class _Reply:
 
     def decode(self) -> None:
         turn = self.turn
-        speaker = turn.engine.speaker
+        speaker = turn.speaker
         session = turn.parts.decoder.session(turn.config.decoder, cancel=self.cancel)
         try:
             while (tokens := self.tokens.get()) is not None:
@@ -520,7 +537,7 @@ class _Reply:
         if audio.size == 0 or self.cancel.is_set():
             return
         turn = self.turn
-        if turn.engine.speaker.push(audio):
+        if turn.speaker.push(audio):
             turn.audio.append(audio)
             turn.emit(AudioChunk(samples=audio, rate=turn.parts.decoder.sample_rate))
 

@@ -91,6 +91,14 @@ class TurnStarted(Event):
 
 
 @dataclass(frozen=True)
+class TurnConfirmed(Event):
+    """A turn started in the user's pause (before the end of the question was decided) was
+    confirmed at ``t``: what it had held back was shown and played from then."""
+
+    audio_ready: float | None = None  # when its first audio was ready, if it waited for the confirmation
+
+
+@dataclass(frozen=True)
 class SpeechTokenized(Event):
     started: float
     count: int
@@ -159,9 +167,16 @@ class AudioWarnings(Event):
 
 @dataclass(frozen=True)
 class TurnTimings:
-    """Milliseconds from the end of the user's speech, except the stage durations."""
+    """Milliseconds from the end of the user's speech, except the stage durations.
 
-    endpoint_delay_ms: float | None = None
+    A turn started in the pause (preemptive) is confirmed later than it started: ``endpoint`` is
+    the confirmation, ``preemptive_ms`` the work done before it on the way to the first audio
+    (what was saved), and held audio reaches the speaker at the confirmation."""
+
+    endpoint_delay_ms: float | None = None  # when the question was confirmed
+    preemptive_ms: float | None = None  # duration: work done before the confirmation (held turns)
+    confirmed_to_audio_ms: float | None = None  # duration: confirmation -> first audio to the speaker
+    confirmed_to_heard_ms: float | None = None  # duration: confirmation -> first audio at the device
     tokenize_ms: float | None = None
     retrieve_ms: float | None = None
     embed_ms: float | None = None  # within retrieve_ms: the question's embedding (after ASR in asr mode)
@@ -186,7 +201,11 @@ class TurnTimings:
         if start is None:
             return cls(underruns=underruns)
         zero = start.speech_end_t if start.speech_end_t is not None else start.t
-        heard = first_heard_at if first_heard_at is not None and first_heard_at >= start.t else None
+        held = next((e for e in events if isinstance(e, TurnConfirmed)), None)
+        confirmed = held.t if held else start.t
+        heard = first_heard_at if first_heard_at is not None and first_heard_at >= confirmed else None
+        ready = held.audio_ready if held else None  # held audio reaches the speaker at the confirmation
+        audio = confirmed if ready is not None else next((e.t for e in events if isinstance(e, AudioChunk)), None)
 
         def since(kind: type[Event]) -> float | None:
             first = next((e for e in events if isinstance(e, kind)), None)
@@ -201,7 +220,10 @@ class TurnTimings:
         first_token = min((e.t for e in events if isinstance(e, (TextDelta, SpeechTokens))), default=None)
         prompt = next((e for e in events if isinstance(e, PromptReady)), None)
         return cls(
-            endpoint_delay_ms=(start.t - zero) * 1000 if start.speech_end_t is not None else None,
+            endpoint_delay_ms=(confirmed - zero) * 1000 if start.speech_end_t is not None else None,
+            preemptive_ms=max(0.0, min(confirmed, ready or confirmed) - start.t) * 1000 if held else None,
+            confirmed_to_audio_ms=None if audio is None else (audio - confirmed) * 1000,
+            confirmed_to_heard_ms=None if heard is None else (heard - confirmed) * 1000,
             tokenize_ms=duration(SpeechTokenized),
             retrieve_ms=duration(Retrieved),
             embed_ms=stages.get("embed"),
@@ -210,7 +232,7 @@ class TurnTimings:
             first_token_ms=None if first_token is None else (first_token - zero) * 1000,
             first_text_ms=since(TextDelta),
             first_speech_token_ms=since(SpeechTokens),
-            first_audio_ms=since(AudioChunk),
+            first_audio_ms=None if audio is None else (audio - zero) * 1000,
             first_heard_ms=None if heard is None else (heard - zero) * 1000,
             total_ms=(end_t - zero) * 1000,
             underruns=underruns,

@@ -1,0 +1,107 @@
+"""A turn started before its question was confirmed (preemptive work, in the user's pause).
+
+The engine runs such a turn like any other, but what it would show and play goes through a
+:class:`Hold`: its events and speaker calls wait in order until the question is confirmed
+(:meth:`Hold.release`: they go out at once, and later ones pass straight through) or the user goes
+on speaking (:meth:`Hold.drop`: they are forgotten). The reply's first audio waits in the hold too,
+and the decoder with it, so no more is decoded for a question that may not be the one asked. The
+conversation (voicechat.session) decides; the engine only knows that a turn may be held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+
+class Hold:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: list[Callable[[], None]] = []
+        self._decided = threading.Event()
+        self.audio_ready = threading.Event()  # the reply's first audio is waiting in the hold
+        self.audio_ready_at: float | None = None  # since when
+        self.released = False
+        self.confirmed_at: float | None = None  # monotonic time of the release
+
+    @property
+    def pending(self) -> bool:
+        return not self._decided.is_set()
+
+    @property
+    def dropped(self) -> bool:
+        return self._decided.is_set() and not self.released
+
+    def run(self, action: Callable[[], None]) -> None:
+        """Does ``action`` now if released, keeps it while undecided, forgets it if dropped."""
+        with self._lock:
+            if self.pending:
+                self._kept.append(action)
+                return
+        if self.released:
+            action()
+
+    def release(self) -> None:
+        """The question is confirmed: what was kept happens now, in order, and nothing waits."""
+        with self._lock:
+            if not self.pending:
+                return
+            self.confirmed_at = time.monotonic()
+            kept, self._kept = self._kept, []
+            for action in kept:
+                action()
+            self.released = True
+            self._decided.set()
+
+    def drop(self) -> None:
+        """The user went on: what was kept is forgotten, and so is anything the turn does later."""
+        with self._lock:
+            self._kept = []
+            self._decided.set()
+
+    def wait(self) -> bool:
+        """Waits for the decision; True when the turn was released."""
+        self._decided.wait()
+        return self.released
+
+
+class HeldSpeaker:
+    """The engine's speaker for a held turn: calls wait in the hold; the first audio pushed waits
+    there with the decoder until the decision."""
+
+    def __init__(self, speaker, hold: Hold) -> None:
+        self.speaker = speaker
+        self.hold = hold
+
+    def begin(self) -> None:
+        self.hold.run(self.speaker.begin)
+
+    def push(self, audio: np.ndarray) -> bool:
+        if not self.hold.pending:
+            return self.hold.released and self.speaker.push(audio)
+        if self.hold.audio_ready_at is None:
+            self.hold.audio_ready_at = time.monotonic()
+        self.hold.run(lambda: self.speaker.push(audio))
+        self.hold.audio_ready.set()
+        return self.hold.wait()
+
+    def end(self) -> None:
+        self.hold.run(self.speaker.end)
+
+    def flush(self) -> None:
+        self.hold.run(self.speaker.flush)
+
+    @property
+    def played_s(self) -> float:
+        return self.speaker.played_s
+
+    @property
+    def underruns(self) -> int:
+        return self.speaker.underruns
+
+    @property
+    def first_audio_at(self) -> float | None:
+        return self.speaker.first_audio_at
