@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -12,10 +13,14 @@ import numpy as np
 import pytest
 
 from voicechat.assemble import add_retrieval_modes, load_components
-from voicechat.audio.events import Interrupted, SpeechStarted, UtteranceDiscarded, UtteranceEnded
+from voicechat.audio.events import Interrupted, Paused, Resumed, SpeechStarted, UtteranceDiscarded, UtteranceEnded
 from voicechat.config import Config
+from voicechat.audio.resample import as_float32
 from voicechat.engine import Components, TurnInput
-from voicechat.events import AudioChunk, Event, Notice, SettingsChanged, StateChanged, TurnFinished
+from voicechat.events import (
+    AudioChunk, Event, MicLevel, Notice, SettingsChanged, StateChanged, TextDelta, TurnConfirmed, TurnFinished,
+    TurnStarted,
+)
 from voicechat.session import TRANSITIONS, ConversationSession, IllegalTransition
 from voicechat.sessions import read_turns
 
@@ -69,6 +74,7 @@ def session_in(state: str, config: Config, parts: Components, barge_in: bool = F
         "listening": [],
         "muted": [MUTE],
         "hearing": [SPEECH],
+        "pausing": [SPEECH, PAUSE],
         "thinking": [TYPED, TAKEN],
         "speaking": [TYPED, TAKEN, FIRST_AUDIO],
         "interrupted": [TYPED, TAKEN, FIRST_AUDIO, KEY_INTERRUPT],
@@ -86,6 +92,14 @@ def SPEECH(s: ConversationSession) -> None:
 
 def END(s: ConversationSession) -> None:
     s.on_audio(UtteranceEnded(t=2.0, start=0.9, end=1.8, audio=SPOKEN, audio_start=0.6))
+
+
+def PAUSE(s: ConversationSession) -> None:
+    s.on_audio(Paused(t=1.9, start=0.9, end=1.8, audio=SPOKEN, audio_start=0.6))
+
+
+def RESUME(s: ConversationSession) -> None:
+    s.on_audio(Resumed(t=2.0))
 
 
 def DISCARD(s: ConversationSession) -> None:
@@ -158,6 +172,15 @@ CASES = [
     ("hearing", False, [DISCARD], "listening", 0, None),
     ("hearing", False, [MUTE], "muted", 0, None),
     ("hearing", False, [MUTE, END], "muted", 0, None),
+    ("hearing", False, [PAUSE], "pausing", 1, None),  # the reply is prepared, held
+    ("pausing", False, [RESUME], "hearing", 1, None),  # ... and dropped (the queue holds it, dropped)
+    ("pausing", False, [END], "thinking", 1, None),  # ... and released: no second question
+    ("pausing", False, [RESUME, END], "thinking", 2, None),
+    ("pausing", False, [DISCARD], "listening", 1, None),
+    ("pausing", False, [MUTE], "muted", 1, None),
+    ("pausing", False, [PTT_PRESS], "hearing", 1, None),
+    ("pausing", False, [TYPED], "thinking", 2, None),
+    ("thinking", False, [SPEECH, PAUSE], "thinking", 0, None),  # nothing is prepared while busy
     ("thinking", False, [FIRST_AUDIO], "speaking", 0, None),
     ("thinking", False, [KEY_INTERRUPT], "interrupted", 0, None),
     ("thinking", False, [REPLY_OVER], "listening", 0, None),
@@ -315,3 +338,121 @@ def test_a_turn_reports_finished_before_the_state_returns_to_listening(config: C
     session.turn_over()
     kinds = [type(e) for e in recorder.events]
     assert kinds.index(TurnFinished) < max(i for i, k in enumerate(kinds) if k is StateChanged)
+
+
+# --- the reply prepared in a pause ----------------------------------------------------------------
+
+
+def spoken(seconds: float, pitch: float = 220.0) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (8000 * np.sin(2 * np.pi * pitch * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.int16)
+
+
+def paused(audio: np.ndarray) -> Paused:
+    return Paused(t=2.0, start=0.3, end=0.3 + audio.size / 16000, audio=audio, audio_start=0.0)
+
+
+def ended(audio: np.ndarray) -> UtteranceEnded:
+    return UtteranceEnded(t=2.5, start=0.3, end=0.3 + audio.size / 16000, audio=audio, audio_start=0.0)
+
+
+def answering(session: ConversationSession) -> tuple[TurnInput, threading.Thread]:
+    """The conversation's thread takes the next question and answers it."""
+    question = session.next_question()
+    thread = threading.Thread(target=session.run_turn, args=(question,))
+    thread.start()
+    return question, thread
+
+
+SHOWN = (TurnStarted, TextDelta, AudioChunk, TurnConfirmed, TurnFinished)
+
+
+def shown(recorder: Recorder) -> list[Event]:
+    return [e for e in recorder.events if isinstance(e, SHOWN)]
+
+
+@pytest.fixture
+def saving(config: Config, tmp_path: Path) -> Config:
+    return dataclasses.replace(config, sessions=dataclasses.replace(config.sessions, dir=str(tmp_path)))
+
+
+def test_the_reply_prepared_in_the_pause_shows_nothing_until_the_end_is_confirmed_then_plays(
+        saving: Config, parts: Components, tmp_path: Path) -> None:
+    recorder = Recorder()
+    session = ConversationSession(saving, recorder, save=True)
+    session.ready(parts)
+    SPEECH(session)
+    audio = spoken(1.2)
+    session.on_audio(paused(audio))
+    question, thread = answering(session)
+    assert question.hold is not None and question.hold.audio_ready.wait(120)  # its first audio waits
+    assert shown(recorder) == [] and session.transcript == [] and list(tmp_path.iterdir()) == []
+    session.on_audio(ended(audio))
+    thread.join(120)
+    session.turn_over()
+    events = shown(recorder)
+    assert isinstance(events[0], TurnStarted) and isinstance(events[-1], TurnFinished)
+    assert any(isinstance(e, TurnConfirmed) for e in events) and any(isinstance(e, AudioChunk) for e in events)
+    assert recorder.moves()[1:] == [("listening", "hearing"), ("hearing", "pausing"), ("pausing", "thinking"),
+                                ("thinking", "speaking"), ("speaking", "listening")]
+    timings = events[-1].timings
+    assert timings.preemptive_ms > 0 and timings.confirmed_to_audio_ms == 0
+    assert session.questions.empty() and len(session.history.turns) == 1
+    (turn,) = read_turns(session.log.path)
+    assert turn["turn"] == 1 and turn["timings"]["preemptive_ms"] > 0
+
+
+def test_speech_after_the_pause_drops_the_prepared_reply_and_one_reply_answers_the_whole_utterance(
+        saving: Config, parts: Components, tmp_path: Path) -> None:
+    recorder = Recorder()
+    session = ConversationSession(saving, recorder, save=True)
+    session.ready(parts)
+    SPEECH(session)
+    first, whole = spoken(0.8), np.concatenate([spoken(0.8), np.zeros(4000, np.int16), spoken(0.9, 330.0)])
+    session.on_audio(paused(first))
+    question, thread = answering(session)
+    assert question.hold.audio_ready.wait(120)
+    RESUME(session)
+    thread.join(120)
+    assert not thread.is_alive() and question.hold.dropped
+    session.turn_over()
+    assert session.state == "hearing"
+    assert shown(recorder) == [] and session.transcript == [] and len(session.history.turns) == 0
+    assert list(tmp_path.iterdir()) == []  # no session folder: nothing was logged
+    session.on_audio(ended(whole))
+    question, thread = answering(session)
+    thread.join(120)
+    session.turn_over()
+    assert question.hold is None and np.array_equal(question.audio, as_float32(whole))
+    finished = [e for e in shown(recorder) if isinstance(e, TurnFinished)]
+    assert len(finished) == 1 and finished[0].turn == 1
+    assert session.transcript == [(f"(spoken, {whole.size / 16000:.1f} s)", finished[0].reply_text, False)]
+    assert [t["turn"] for t in read_turns(session.log.path)] == [1]
+
+
+def test_a_confirmed_utterance_longer_than_the_prepared_one_is_answered_whole(config: Config,
+                                                                              parts: Components) -> None:
+    recorder = Recorder()
+    session = ConversationSession(config, recorder, save=False)
+    session.ready(parts)
+    SPEECH(session)
+    first, whole = spoken(0.8), spoken(1.6)
+    session.on_audio(paused(first))
+    session.on_audio(ended(whole))  # the same utterance, but it went on: not what was prepared
+    prepared, thread = answering(session)
+    thread.join(120)
+    asked, thread = answering(session)
+    thread.join(120)
+    assert prepared.hold.dropped and asked.hold is None and asked.audio.size == whole.size
+    (started,) = [e for e in shown(recorder) if isinstance(e, TurnStarted)]
+    assert started.audio.size == whole.size and len(session.transcript) == 1
+
+
+def test_the_level_meter_carries_the_end_of_turn_probability(config: Config, parts: Components) -> None:
+    from voicechat.audio.events import Level
+
+    session, recorder = session_in("pausing", config, parts)
+    session.on_audio(Level(t=2.0, dbfs=-50.0, noise_floor_dbfs=-60.0, speech=False, speaking=True,
+                           turn_probability=0.4213))
+    (level,) = [e for e in recorder.events if isinstance(e, MicLevel)]
+    assert level.turn_probability == 0.42

@@ -211,8 +211,8 @@ class Engine:
         A held turn (``question.hold``) that is dropped leaves nothing, not even its number."""
         self.cancel.clear()
         hold = question.hold
-        if hold is not None and hold.dropped:  # dropped before it started: stop at once
-            self.cancel.set()
+        if hold is not None:
+            hold.on_drop(self.stop_turn)
         number = self.turns + 1
         result = _Turn(self, number, question, settings, history).run()
         if hold is None or hold.released:
@@ -220,11 +220,15 @@ class Engine:
         return result
 
     def interrupt(self) -> None:
+        self.stop_turn()
+        self.speaker.flush()
+
+    def stop_turn(self) -> None:
+        """Cancels the turn's stages (interrupt() also cuts what is playing)."""
         with self._lock:
             self.cancel.set()
             for event in self._linked:
                 event.set()
-        self.speaker.flush()
 
     def linked_cancel(self) -> threading.Event:
         """A cancel event of one stage: set by interrupt(), and settable by the stage alone."""

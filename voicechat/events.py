@@ -78,6 +78,7 @@ class Notice(Event):
 @dataclass(frozen=True)
 class MicLevel(Event):
     level: float  # 0..1, high rate: drivers coalesce it
+    turn_probability: float | None = None  # the end-of-turn model's answer in this utterance, if any
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class Hold:
         self.audio_ready_at: float | None = None  # since when
         self.released = False
         self.confirmed_at: float | None = None  # monotonic time of the release
+        self._on_drop: Callable[[], None] | None = None
 
     @property
     def pending(self) -> bool:
@@ -57,10 +58,24 @@ class Hold:
             self._decided.set()
 
     def drop(self) -> None:
-        """The user went on: what was kept is forgotten, and so is anything the turn does later."""
+        """The user went on: what was kept is forgotten, and so is anything the turn does later;
+        the turn is told to stop (see :meth:`on_drop`)."""
         with self._lock:
+            if not self.pending:
+                return
             self._kept = []
             self._decided.set()
+            stop = self._on_drop
+        if stop is not None:
+            stop()
+
+    def on_drop(self, stop: Callable[[], None]) -> None:
+        """The turn working for this hold: ``stop()`` runs when it is dropped (now, if it was)."""
+        with self._lock:
+            self._on_drop = stop
+            dropped = self.dropped
+        if dropped:
+            stop()
 
     def wait(self) -> bool:
         """Waits for the decision; True when the turn was released."""

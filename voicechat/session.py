@@ -6,6 +6,9 @@ Turn-taking states (the user's side and the assistant's, one at a time):
 - ``loading``: models are loading; ``error``: they could not be loaded (the conversation cannot run);
 - ``listening``: waiting for the user; ``muted``: the microphone is ignored;
 - ``hearing``: the user is speaking (or holding push-to-talk);
+- ``pausing``: the user paused inside an utterance that may go on; with ``audio.preemptive`` the
+  reply is prepared meanwhile, held back (see voicechat.hold): it is released the moment the end
+  of the question is confirmed on the same audio, and dropped without a trace if the user goes on;
 - ``thinking``: a question is being answered, nothing is playing yet;
 - ``speaking``: the reply is playing; ``interrupted``: the user cut it short.
 
@@ -26,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from voicechat.audio.events import (
-    AudioEvent, DeviceFailed, Interrupted, Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded,
+    AudioEvent, DeviceFailed, Interrupted, Level, Paused, Resumed, SpeechStarted, UtteranceDiscarded, UtteranceEnded,
 )
 from voicechat.assemble import retrieval_modes
 from voicechat.audio.resample import MODEL_RATE, as_float32
@@ -37,12 +40,14 @@ from voicechat.events import (
     AudioChunk, Event, MicLevel, Notice, SettingsChanged, StageFailed, StateChanged,
 )
 from voicechat.glm.prompt import Conversation
+from voicechat.hold import Hold
 from voicechat.sessions import SessionLog, TurnRecord, open_session_log
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "loading": frozenset({"listening", "muted", "error"}),
     "listening": frozenset({"hearing", "thinking", "muted"}),
-    "hearing": frozenset({"listening", "thinking", "muted"}),
+    "hearing": frozenset({"listening", "thinking", "muted", "pausing"}),
+    "pausing": frozenset({"hearing", "listening", "thinking", "muted"}),
     "thinking": frozenset({"speaking", "interrupted", "listening", "hearing", "muted"}),
     "speaking": frozenset({"interrupted", "listening", "hearing", "muted", "thinking"}),
     "interrupted": frozenset({"hearing", "listening", "muted", "thinking"}),
@@ -87,6 +92,8 @@ class ConversationSession:
         self._talking = False  # push-to-talk held
         self._talk_heard = False  # speech was detected while it was held
         self._level = -1.0
+        self._turn_probability: float | None = None
+        self._prepared: tuple[Paused, TurnInput] | None = None  # the reply prepared in the user's pause
 
     # --- turn-taking ------------------------------------------------------------------------------
 
@@ -157,16 +164,22 @@ class ConversationSession:
         return self.questions.get()
 
     def close(self) -> None:
+        with self._lock:
+            self._drop_prepared()
         self.questions.put(None)
         if self.engine is not None:
             self.engine.interrupt()
 
     def run_turn(self, question: TurnInput) -> TurnResult:
         """Answers one question on the calling thread and remembers it. Call ``turn_over`` when
-        its audio has played (at once without a speaker)."""
+        its audio has played (at once without a speaker). A question prepared in a pause is held
+        until confirmed; when it is dropped instead, nothing of it is remembered."""
         settings = self.settings
-        self.move("thinking", "typed question" if question.text is not None else "spoken question")
+        if question.hold is None:
+            self.move("thinking", "typed question" if question.text is not None else "spoken question")
         result = self.engine.run_turn(question, settings, self.history)
+        if question.hold is not None and not question.hold.released:
+            return result
         if result.prompt is not None:
             self.history.add(result.prompt, result.heard_ids)
         finished = result.finished
@@ -196,6 +209,7 @@ class ConversationSession:
         with self._lock:
             if self.engine is None:
                 return
+            self._drop_prepared()
             self.engine.interrupt()
             if self.busy:
                 self.move("interrupted", f"by {by}")
@@ -208,7 +222,7 @@ class ConversationSession:
     def on_audio(self, event: AudioEvent) -> None:
         """An event from the listener (on its thread)."""
         if isinstance(event, Level):
-            self._show_level(event.dbfs)
+            self._show_level(event.dbfs, event.turn_probability)
         elif isinstance(event, DeviceFailed):
             self.emit(StageFailed(stage="microphone", message=event.message))
         elif isinstance(event, Interrupted):
@@ -220,6 +234,7 @@ class ConversationSession:
 
     def _speech_event(self, event: AudioEvent) -> None:
         if isinstance(event, SpeechStarted):
+            self._drop_prepared()  # an utterance that never ended (the microphone went deaf)
             self._user_speaking = True
             self._talk_heard = self._talk_heard or self._talking
             if self.busy and self.config.audio.barge_in:
@@ -227,21 +242,63 @@ class ConversationSession:
             if self.state in ("listening", "interrupted"):
                 self.move("hearing", "speech")
             return
-        self._user_speaking = False
         if self._talking:
+            self._user_speaking = isinstance(event, (Paused, Resumed))
             return  # push-to-talk keeps the whole recording instead
-        if isinstance(event, UtteranceDiscarded):
+        if isinstance(event, Paused):
             if self.state == "hearing":
+                self.move("pausing", "pause")
+            self._prepare(event)
+        elif isinstance(event, Resumed):
+            self._drop_prepared()
+            if self.state == "pausing":
+                self.move("hearing", "speech again")
+        elif isinstance(event, UtteranceDiscarded):
+            self._user_speaking = False
+            self._drop_prepared()
+            if self.state in ("hearing", "pausing"):
                 self.move("listening", "too short to be a question")
         elif isinstance(event, UtteranceEnded):
-            self.ask(TurnInput(audio=as_float32(event.audio), speech_end_t=event.end), "end of the question")
+            self._user_speaking = False
+            self._confirm(event)
 
-    def _show_level(self, dbfs: float) -> None:
+    # --- the reply prepared in a pause ------------------------------------------------------------
+
+    def _prepare(self, paused: Paused) -> None:
+        """Starts the turn on the utterance so far, held back; only while nothing else is answered
+        (one turn runs at a time)."""
+        if not self.config.audio.preemptive or self.busy or self._prepared is not None:
+            return
+        question = TurnInput(audio=as_float32(paused.audio), speech_end_t=paused.end, hold=Hold())
+        self._prepared = (paused, question)
+        self.questions.put(question)
+
+    def _confirm(self, ended: UtteranceEnded) -> None:
+        """The end of the question is decided: the prepared reply plays if it was prepared on this
+        very audio; otherwise it is dropped and the whole utterance is asked."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            paused, question = prepared
+            if question.hold.pending and np.array_equal(paused.audio, ended.audio):
+                self.move("thinking", "end of the question")
+                question.hold.release()
+                return
+            question.hold.drop()
+        self.ask(TurnInput(audio=as_float32(ended.audio), speech_end_t=ended.end), "end of the question")
+
+    def _drop_prepared(self) -> None:
+        if self._prepared is not None:
+            self._prepared[1].hold.drop()  # the turn working on it stops
+            self._prepared = None
+
+    def _show_level(self, dbfs: float, turn_probability: float | None = None) -> None:
         level = 0.0 if self.muted else min(1.0, max(0.0, 1 - dbfs / SILENT_DBFS))
         level = round(level / LEVEL_STEP) * LEVEL_STEP
-        if level != self._level:
-            self._level = level
-            self.emit(MicLevel(level=level))
+        if turn_probability is not None:
+            turn_probability = round(turn_probability, 2)
+        if (level, turn_probability) != (self._level, self._turn_probability):
+            self._level, self._turn_probability = level, turn_probability
+            self.emit(MicLevel(level=level, turn_probability=turn_probability))
 
     def set_muted(self, muted: bool) -> None:
         with self._lock:
@@ -251,6 +308,7 @@ class ConversationSession:
             if self.state in ("loading", "error"):
                 return
             self._user_speaking = False
+            self._drop_prepared()
             if not self.busy:
                 self.move(self._resting(), "muted" if muted else "unmuted")
             self._announce_settings()
@@ -265,6 +323,7 @@ class ConversationSession:
                 return False
             if self.busy:
                 self.interrupt(by="push-to-talk")
+            self._drop_prepared()
             self._talking, self._talk_heard = True, False
             self.move("hearing", "push-to-talk")
             return True
