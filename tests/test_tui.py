@@ -259,3 +259,16 @@ def test_help_and_config_screen_snapshots(snap_compare, control: RecordingContro
         await pilot.pause()
 
     assert snap_compare(VoicechatApp(Config(), control), terminal_size=(120, 36), run_before=run_before)
+
+
+async def test_while_pausing_the_status_shows_the_end_of_turn_probability(control: RecordingControl) -> None:
+    app = VoicechatApp(Config(), control)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await emit_all(app, control, [StateChanged("loading", "listening", "ready"),
+                                      StateChanged("listening", "hearing", "speech"),
+                                      MicLevel(0.5, turn_probability=0.37)], pilot)
+        assert "finished?" not in str(app.query_one(StatusBar).status_text())  # still speaking
+        await emit_all(app, control, [StateChanged("hearing", "pausing", "pause"), MicLevel(0.1, turn_probability=0.42)],
+                       pilot)
+        line = str(app.query_one(StatusBar).status_text())
+        assert "PAUSING" in line and "finished? 0.42" in line

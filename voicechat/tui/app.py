@@ -151,7 +151,7 @@ class VoicechatApp(App[None]):
                         muted=event.muted)
 
     def show_level(self, event: MicLevel) -> None:
-        self.status.set(level=event.level)
+        self.status.set(level=event.level, turn_probability=event.turn_probability)
 
     def show_turn(self, event: TurnStarted) -> None:
         seconds = 0.0 if event.audio is None else len(event.audio) / MODEL_RATE

@@ -11,6 +11,7 @@ STATE_STYLES = {
     "loading": "yellow",
     "listening": "green",
     "hearing": "bold green",
+    "pausing": "green",
     "thinking": "yellow",
     "speaking": "cyan",
     "muted": "dim",
@@ -31,6 +32,7 @@ class Status:
     muted: bool = False
     detail: str = ""
     audio_warnings: int = 0
+    turn_probability: float | None = None  # the end-of-turn model's last answer in this utterance
 
 
 class StatusBar(Static):
@@ -53,6 +55,8 @@ class StatusBar(Static):
         line = Text()
         line.append(f" {s.state.upper():<9}", style=STATE_STYLES.get(s.state, ""))
         line.append(" mic muted      " if s.muted else f" mic {meter:<10} ", style="dim" if s.muted else "green")
+        if s.state == "pausing" and s.turn_probability is not None:
+            line.append(f" finished? {s.turn_probability:.2f} ", style="green")
         line.append(f" rag:{s.rag}  two-round:{s.two_round}  voice:{s.voice}  backend:{s.backend}")
         if s.loading:
             line.append(f"  loading {', '.join(s.loading)}…", style="yellow")

@@ -21,7 +21,10 @@ MILESTONES = [
     ("total", "total_ms"),
 ]
 DURATIONS = [("tokenize", "tokenize_ms"), ("retrieve", "retrieve_ms"), ("  embed", "embed_ms"),
-             ("  search", "search_ms"), ("network", "network_ms")]
+             ("  search", "search_ms"), ("network", "network_ms"),
+             # a reply prepared in the pause: the work done before the question was confirmed (saved)
+             ("preemptive", "preemptive_ms"), ("confirm→audio", "confirmed_to_audio_ms"),
+             ("confirm→heard", "confirmed_to_heard_ms")]
 ONLY_WHEN_MEASURED = {"network_ms"}  # a remote engine's stage: no row for a turn in this process
 BAR_WIDTH = 18
 
