@@ -111,6 +111,10 @@ def test_wrong_type_is_reported(tmp_path: Path) -> None:
     assert error_of(path) == f"{path}: generation.temperature: expected a number 0-2, got 'hot'"
     path = write(tmp_path, "audio:\n  barge_in: 1\n")
     assert "audio.barge_in: expected true or false, got 1" in error_of(path)
+    path = write(tmp_path, "audio:\n  preemptive: sometimes\n")
+    assert error_of(path) == f"{path}: audio.preemptive: expected true or false, got 'sometimes'"
+    path = write(tmp_path, "audio:\n  vad:\n    pause_ms: 5\n")
+    assert error_of(path) == f"{path}: audio.vad.pause_ms: expected an integer 30-10000, got 5"
 
 
 def test_choice_lists_the_valid_values(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from voicechat.assemble import load_components
 from voicechat.cancellation import Cancelled
 from voicechat.config import Config
 from voicechat.engine import CollectingSpeaker, Components, Engine, EngineConfig, Settings, TurnInput
-from voicechat.errors import BackendError
+from voicechat.errors import AudioError, BackendError
 from voicechat.events import (
     AudioChunk,
     Event,
@@ -360,3 +360,22 @@ def test_a_dropped_held_turn_leaves_no_event_no_audio_and_no_turn_number(config:
     assert events == [] and speaker.pieces == [] and result.prompt is None
     engine.run_turn(TurnInput(text="And now?"), Settings.from_config(config), Conversation())
     assert events[0].turn == 1  # the next real turn is the first
+
+
+class UnpluggedSpeaker(CollectingSpeaker):
+    """Test double for a player whose device went away: begin() fails as Player's does."""
+
+    def begin(self) -> None:
+        raise AudioError("the output device 'vc_speaker' stopped playing")
+
+
+def test_a_device_error_met_at_the_release_is_the_turns_not_the_releasing_threads(config: Config,
+                                                                                  parts: Components) -> None:
+    hold = Hold()
+    engine, events, outcome, thread = start_held(config, parts, hold, UnpluggedSpeaker())
+    assert hold.audio_ready.wait(120)
+    hold.release()  # on this thread, as the listener's thread releases a turn: it does not raise here
+    thread.join(120)
+    (failed,) = [e for e in events if isinstance(e, StageFailed)]
+    assert failed.stage == "speech decoder" and "stopped playing" in failed.message
+    assert isinstance(events[-1], TurnFinished)

@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from voicechat.errors import VoicechatError
+
 
 class Hold:
     def __init__(self) -> None:
@@ -85,29 +87,42 @@ class Hold:
 
 class HeldSpeaker:
     """The engine's speaker for a held turn: calls wait in the hold; the first audio pushed waits
-    there with the decoder until the decision."""
+    there with the decoder until the decision. A device error met when the kept calls are made
+    (on the thread that released them) is raised to the decoder, as it would have been."""
 
     def __init__(self, speaker, hold: Hold) -> None:
         self.speaker = speaker
         self.hold = hold
+        self._error: VoicechatError | None = None
+
+    def _kept(self, call: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                call()
+            except VoicechatError as error:
+                self._error = self._error or error
+        return run
 
     def begin(self) -> None:
-        self.hold.run(self.speaker.begin)
+        self.hold.run(self._kept(self.speaker.begin))
 
     def push(self, audio: np.ndarray) -> bool:
         if not self.hold.pending:
             return self.hold.released and self.speaker.push(audio)
         if self.hold.audio_ready_at is None:
             self.hold.audio_ready_at = time.monotonic()
-        self.hold.run(lambda: self.speaker.push(audio))
+        self.hold.run(self._kept(lambda: self.speaker.push(audio)))
         self.hold.audio_ready.set()
-        return self.hold.wait()
+        released = self.hold.wait()
+        if released and self._error is not None:
+            raise self._error
+        return released
 
     def end(self) -> None:
-        self.hold.run(self.speaker.end)
+        self.hold.run(self._kept(self.speaker.end))
 
     def flush(self) -> None:
-        self.hold.run(self.speaker.flush)
+        self.hold.run(self._kept(self.speaker.flush))
 
     @property
     def played_s(self) -> float:

@@ -82,6 +82,7 @@ class ConversationSession:
         self.state = "loading"
         self.failure: str | None = None  # why the conversation could not start
         self.muted = False
+        self.preemptive = config.audio.preemptive  # prepare the reply in the user's pauses
         self.loading: set[str] = set()  # retrieval modes on their way
         self.history = Conversation()  # what the model sees again
         self.transcript: list[tuple[str, str, bool]] = []  # (question, reply, interrupted)
@@ -267,7 +268,7 @@ class ConversationSession:
     def _prepare(self, paused: Paused) -> None:
         """Starts the turn on the utterance so far, held back; only while nothing else is answered
         (one turn runs at a time)."""
-        if not self.config.audio.preemptive or self.busy or self._prepared is not None:
+        if not self.preemptive or self.busy or self._prepared is not None:
             return
         question = TurnInput(audio=as_float32(paused.audio), speech_end_t=paused.end, hold=Hold())
         self._prepared = (paused, question)

@@ -230,9 +230,9 @@ class Endpointer:
 
     def _pause_event(self, index: int) -> Paused | None:
         start, end, frames = self._so_far()
-        self._paused = True
         if (end - start) * 1000 < self.config.min_utterance_ms:
             return None  # it would be discarded: nothing to prepare
+        self._paused = True
         return Paused(t=self._time(index + 1), start=start, end=end, audio=np.concatenate(frames),
                       audio_start=self._time(self._utterance_first))
 
