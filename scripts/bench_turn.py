@@ -3,8 +3,8 @@
 Spoken questions (Piper's joe-us voice, tests/support/piper_speech.py), each said in two parts with
 a pause of 0.3-1.0 s between them (said in one breath with a comma, cut at the comma, so that
 the first part keeps its unfinished tone), over white noise at 20, 10 and 5 dB SNR. For each way of ending
-a turn: the decision delay after the true end of speech (p50, p90, on the audio clock, before the
-model's own compute time) and the share of questions cut inside the pause, for the `silence`
+a turn: the decision delay after the true end of speech (p50, p90, on the audio clock plus the
+model's compute time for the check that decided) and the share of questions cut inside the pause, for the `silence`
 presets and for `smart` at several thresholds, first checks and longest silences (the trade-off
 curve); then the cost of each stage per
 call and per 10 ms of audio.
@@ -40,7 +40,8 @@ STEP_MS = 150  # the model is asked again after each further STEP_MS of silence
 
 
 class Recorder(TurnDetector):
-    """Never ends a turn itself; logs every check: (decision time, silence so far, probability)."""
+    """Never ends a turn itself; logs every check: (decision time, silence so far, probability).
+    The decision time includes the model's compute, as the endpointer's does."""
 
     def __init__(self, model, silero: SileroVad) -> None:
         super().__init__(model, threshold=2.0, silero=silero)
@@ -49,7 +50,9 @@ class Recorder(TurnDetector):
     def complete(self, audio: np.ndarray) -> bool:
         e = self.endpointer
         silence_ms = min(e._silent, e._quiet) * e.config.frame_ms
-        self.checks.append((e._time(e._index), silence_ms, self.model.probability(audio.astype(np.float32) / 32768.0)))
+        started = time.perf_counter()
+        probability = self.model.probability(audio.astype(np.float32) / 32768.0)
+        self.checks.append((e._time(e._index) + time.perf_counter() - started, silence_ms, probability))
         return False
 
 

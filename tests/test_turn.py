@@ -53,7 +53,7 @@ def test_turn_model_that_says_complete_ends_the_utterance_after_the_first_check(
     (_, true_end), = speech.speech
     ended, = utterances(find_utterances(speech.samples, config, TurnDetector(Constant(0.9), 0.5)))
     assert ended.reason == "complete"
-    assert ended.t <= true_end + 0.15 + 0.1  # one check after the end, give or take a syllable's decay
+    assert ended.t - ended.model_s <= true_end + 0.15 + 0.1  # one check after the end, give or take a syllable's decay
 
 
 class TickingClock:
@@ -76,7 +76,7 @@ def test_the_decision_time_includes_the_turn_models_compute_time():
     at_once, = utterances(find_utterances(speech.samples, config, instant))
     later, = utterances(find_utterances(speech.samples, config, slow))
     assert later.reason == at_once.reason == "complete"
-    assert later.t == pytest.approx(at_once.t + 0.25)
+    assert later.t == pytest.approx(at_once.t + 0.25) and later.model_s == pytest.approx(0.25)
     assert later.end == at_once.end
 
 
@@ -148,11 +148,12 @@ def test_question_is_not_cut_inside_a_pause_shorter_than_the_first_check_nor_end
         (_, _), (second_start, true_end) = speech.speech
         found = utterances(find_utterances(speech.samples, config, detector(smart_turn_path, smart.threshold)))
         assert found, f"{said}: no utterance"
-        assert found[0].t <= found[0].end + smart.longest_ms / 1000 + config.frame_ms / 1000
+        decided = found[0].t - found[0].model_s  # on the audio's clock, without the model's compute
+        assert decided <= found[0].end + smart.longest_ms / 1000 + config.frame_ms / 1000
         if pause * 1000 < smart.silence_ms:  # the model is not asked inside this pause
-            assert found[0].t >= second_start, f"{said}: cut inside the pause"
-        if found[0].t >= second_start:
-            assert found[0].t <= true_end + smart.longest_ms / 1000 + config.frame_ms / 1000
+            assert decided >= second_start, f"{said}: cut inside the pause"
+        if decided >= second_start:
+            assert decided <= true_end + smart.longest_ms / 1000 + config.frame_ms / 1000
 
 
 @pytest.mark.slow
@@ -165,8 +166,9 @@ def test_finished_question_ends_sooner_than_the_silence_wait(smart_turn_path):
         (_, true_end), = speech.speech
         ended = utterances(find_utterances(speech.samples, config, detector(smart_turn_path, config.smart.threshold)))[0]
         silence_only = utterances(find_utterances(speech.samples, config))[0]  # today's endpointer
-        faster += ended.reason == "complete" and ended.t < silence_only.t
-        assert ended.t <= true_end + config.smart.longest_ms / 1000 + config.frame_ms / 1000
+        decided = ended.t - ended.model_s  # on the audio's clock, without the model's compute
+        faster += ended.reason == "complete" and decided < silence_only.t
+        assert decided <= true_end + config.smart.longest_ms / 1000 + config.frame_ms / 1000
     assert faster >= 3
 
 

@@ -244,7 +244,8 @@ class Endpointer:
 
     def _end(self, index: int, reason: str) -> UtteranceEnded | UtteranceDiscarded:
         start, end, frames = self._so_far()
-        decided = self._time(index + 1) + (self._decision_s if reason == "complete" else 0.0)
+        model_s = self._decision_s if reason == "complete" else 0.0
+        decided = self._time(index + 1) + model_s
         self._utterance = None
         self._speech_frames = []
         self._window.clear()
@@ -258,6 +259,7 @@ class Endpointer:
             audio=np.concatenate(frames),
             audio_start=self._time(self._utterance_first),
             reason=reason,  # type: ignore[arg-type]
+            model_s=model_s,
         )
 
     def _level(self, index: int, dbfs: float, speech: bool) -> Level | None:

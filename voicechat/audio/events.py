@@ -41,6 +41,7 @@ class UtteranceEnded(Event):
     audio_start: float  # time of the first sample in ``audio``
     reason: Literal["silence", "complete", "max_length", "stream_end"] = "silence"  # complete: the turn model
     rate: int = MODEL_RATE
+    model_s: float = 0.0  # the end-of-turn model's compute time that is part of ``t`` (reason complete)
 
     @property
     def decision_delay(self) -> float:

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace, config) -> int:
         {
             "start": round(e.start, 3),
             "end": round(e.end, 3),
-            "decided": round(e.t, 3),
+            "decided": round(e.t, 3),  # with the end-of-turn model's compute time (model_ms)
+            "model_ms": round(e.model_s * 1000, 1) if isinstance(e, UtteranceEnded) else 0.0,
             "kept": isinstance(e, UtteranceEnded),
             "reason": e.reason if isinstance(e, UtteranceEnded) else "too short",
         }
