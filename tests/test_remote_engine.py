@@ -21,7 +21,8 @@ from voicechat.audio.files import read_audio, write_wav
 from voicechat.cli import main
 from voicechat.config import Config
 from voicechat.engine import TurnInput
-from voicechat.events import AudioChunk, Notice, StageFailed, TurnFinished
+from voicechat.events import AudioChunk, Notice, StageFailed, TurnConfirmed, TurnFinished
+from voicechat.hold import Hold
 from voicechat.remote import protocol
 from voicechat.remote.client import EngineLink, EngineUnavailable, RemoteEngine
 from voicechat.sessions import read_turns
@@ -280,3 +281,39 @@ def test_doctor_checks_the_remote_engine_instead_of_local_models(engine_server: 
     assert "knowledge index" not in checks  # the index is the server's
     assert main([*flags[:-2], "doctor"]) == 1  # no token
     assert "refused the token" in capsys.readouterr().out
+
+
+def test_a_held_turn_on_the_remote_engine_waits_here_and_a_dropped_one_leaves_no_trace_on_the_server(
+        engine_server: EngineServerProcess, engine_config: Config) -> None:
+    config = dataclasses.replace(engine_config, retrieval=dataclasses.replace(engine_config.retrieval, rag="off"))
+    fresh = remote_session(config, engine_server.url)
+    fresh.run_turn(TurnInput(text="Good morning."))
+    expected = fresh.run_turn(TurnInput(audio=vowels(1.2, 150.0)))
+    fresh.engine.close()
+    events: list = []
+    session = remote_session(config, engine_server.url, events)
+    session.run_turn(TurnInput(text="Good morning."))  # the server now holds a history
+    events.clear()
+
+    def held(audio: np.ndarray) -> tuple[TurnInput, threading.Thread, dict]:
+        question, outcome = TurnInput(audio=audio, speech_end_t=time.monotonic(), hold=Hold()), {}
+        thread = threading.Thread(target=lambda: outcome.setdefault("result", session.run_turn(question)))
+        thread.start()
+        assert question.hold.audio_ready.wait(120)  # the reply's first audio arrived, and waits here
+        return question, thread, outcome
+
+    dropped, thread, _ = held(vowels(0.8, 220.0))
+    dropped.hold.drop()
+    thread.join(120)
+    assert events == [] and len(session.transcript) == 1
+    kept, thread, outcome = held(vowels(1.2, 150.0))
+    assert events == []
+    kept.hold.release()
+    thread.join(120)
+    result = outcome["result"]
+    assert result.finished.turn == 2 and any(isinstance(e, TurnConfirmed) for e in events)
+    # the server forgot the dropped question: the same prompt as a conversation that never heard it
+    assert result.finished.timings.prompt_tokens == expected.finished.timings.prompt_tokens
+    assert np.array_equal(result.reply_audio, expected.reply_audio)
+    assert len(session.transcript) == 2
+    session.engine.close()

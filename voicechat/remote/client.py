@@ -22,10 +22,11 @@ from voicechat import __version__
 from voicechat.engine import CollectingSpeaker, Settings, Speaker, TurnInput, TurnResult
 from voicechat.errors import ConfigError, VoicechatError
 from voicechat.events import (
-    AudioChunk, Event, Notice, Retrieved, SpeechTokenized, StageFailed, TextDelta, TurnFinished, TurnStarted,
-    TurnTimings,
+    AudioChunk, Event, Notice, Retrieved, SpeechTokenized, StageFailed, TextDelta, TurnConfirmed, TurnFinished,
+    TurnStarted, TurnTimings,
 )
 from voicechat.glm.prompt import Conversation, Prompt
+from voicechat.hold import HeldSpeaker
 from voicechat.remote import codec, protocol
 
 WELCOME_TIMEOUT_S = 30.0
@@ -147,17 +148,44 @@ class RemoteEngine:
         self.cancel.set()
         self.speaker.flush()
         played = self.speaker.played_s
+        self._send_interrupt(None if played == float("inf") else played)
+
+    def stop_turn(self) -> None:
+        """Cancels the turn on the server (a held turn that was dropped; nothing of it played)."""
+        self.cancel.set()
+        self._send_interrupt(None)
+
+    def _send_interrupt(self, played: float | None) -> None:
         link = self.link
         if link is not None:
             try:
-                link.send({"type": "interrupt", "played_s": None if played == float("inf") else played})
+                link.send({"type": "interrupt", "played_s": played})
             except Exception:  # noqa: BLE001 - the connection is gone: the turn's reader says so
                 pass
 
     def run_turn(self, question: TurnInput, settings: Settings, history: Conversation) -> TurnResult:
+        """A held turn (``question.hold``) runs on the server at once; here its events and audio
+        wait in the hold. Dropped, it leaves nothing: not its number, and not the server's copy of
+        the history, which is sent again with the next turn."""
         self.cancel.clear()
-        self.turns += 1
-        turn = _RemoteTurn(self, self.turns, question)
+        hold = question.hold
+        turn = _RemoteTurn(self, self.turns + 1, question)
+        if hold is not None:
+            hold.on_drop(self.stop_turn)
+        result = self._run(turn, question, settings, history)
+        if hold is not None and not hold.released:
+            self._server_history = None  # the server remembered a question the conversation did not ask
+            return result
+        self.turns = turn.number
+        if result.prompt is not None:
+            dropped = result.prompt.dropped_turns
+            self._server_history = (len(history.header or result.prompt.header),
+                                    len(history.turns) - min(dropped, len(history.turns)) + 1)
+        return result
+
+    def _run(self, turn: _RemoteTurn, question: TurnInput, settings: Settings, history: Conversation) -> TurnResult:
+        if question.hold is not None and question.hold.dropped:
+            return turn.finish()  # dropped before it was sent
         limit = self.limits.get("max_utterance_s")
         if question.audio is not None and limit and len(question.audio) / 16000 > limit:
             turn.fail(f"the question is {len(question.audio) / 16000:.1f} s long; the engine server takes at most "
@@ -177,12 +205,7 @@ class RemoteEngine:
             turn.lost = True
             turn.fail(f"the engine server at {self.url} went away mid-turn ({_reason(error)}); the conversation "
                       "so far is kept, and the next question reconnects")
-        result = turn.finish()
-        if result.prompt is not None:
-            dropped = result.prompt.dropped_turns
-            self._server_history = (len(history.header or result.prompt.header),
-                                    len(history.turns) - min(dropped, len(history.turns)) + 1)
-        return result
+        return turn.finish()
 
     def turn_header(self, number: int, question: TurnInput, settings: Settings,
                     history: Conversation) -> dict[str, Any]:
@@ -217,6 +240,8 @@ class _RemoteTurn:
         self.engine = engine
         self.number = number
         self.question = question
+        self.hold = question.hold
+        self.speaker = engine.speaker if self.hold is None else HeldSpeaker(engine.speaker, self.hold)
         self.events: list[Event] = []
         self.audio: list[np.ndarray] = []
         self.sources = ()
@@ -231,13 +256,16 @@ class _RemoteTurn:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
-        self.engine.emit_to_driver(event)
+        if self.hold is None:
+            self.engine.emit_to_driver(event)
+        else:
+            self.hold.run(lambda: self.engine.emit_to_driver(event))
 
     def fail(self, message: str) -> None:
         self.emit(StageFailed(stage=STAGE, message=message))
 
     def send(self, link: EngineLink, header: dict[str, Any], question: TurnInput) -> None:
-        self.engine.speaker.begin()
+        self.speaker.begin()
         if question.audio is None:
             link.send(header)
         else:
@@ -269,7 +297,7 @@ class _RemoteTurn:
             return
         mapped = self.local(event.t)
         if isinstance(event, AudioChunk):
-            if self.engine.cancel.is_set() or not self.engine.speaker.push(event.samples):
+            if self.engine.cancel.is_set() or not self.speaker.push(event.samples):
                 return
             if self.network_ms is None:
                 self.network_ms = (arrived - mapped) * 1000
@@ -290,15 +318,17 @@ class _RemoteTurn:
         return server_t - (self.anchor if self.anchor is not None else server_t) + self.sent_at
 
     def finish(self) -> TurnResult:
-        engine = self.engine
-        engine.speaker.end()
+        engine, speaker = self.engine, self.speaker
+        speaker.end()
+        if self.hold is not None and self.hold.wait():  # a held turn ends once decided
+            self.emit(TurnConfirmed(t=self.hold.confirmed_at, audio_ready=self.hold.audio_ready_at))
         end_t = time.monotonic()
         server = self.server_finished
         if self.network_ms is None and server is not None:
             self.network_ms = (end_t - self.local(server.t)) * 1000
         interrupted = engine.cancel.is_set() or self.lost or bool(server and server.interrupted)
-        timings = TurnTimings.from_events(self.events, end_t=end_t, underruns=engine.speaker.underruns,
-                                          first_heard_at=engine.speaker.first_audio_at)
+        timings = TurnTimings.from_events(self.events, end_t=end_t, underruns=speaker.underruns,
+                                          first_heard_at=speaker.first_audio_at)
         finished = TurnFinished(turn=self.number, reply_text=server.reply_text if server else self.reply_text,
                                 interrupted=interrupted, timings=replace(timings, network_ms=self.network_ms),
                                 t=end_t)
