@@ -93,11 +93,13 @@ class VllmServer:
         if not started.wait(timeout_s):
             self.kill()
             raise RuntimeError(f"vLLM did not start within {timeout_s:.0f} s; its log ends:\n{self.log_tail()}")
-        if ended.is_set():
-            status = self.process.wait(timeout=60)
-            self.process = None
-            raise RuntimeError(f"vLLM exited with status {status} while starting; its log ends:\n{self.log_tail()}")
-        self._check_one_completion()
+        self._check_one_completion(ended)
+
+    def _exited(self) -> RuntimeError:
+        assert self.process is not None
+        status = self.process.wait(timeout=60)
+        self.process = None
+        return RuntimeError(f"vLLM exited with status {status} while starting; its log ends:\n{self.log_tail()}")
 
     def _read_log(self, process: subprocess.Popen[str], started: threading.Event, ended: threading.Event) -> None:
         assert process.stdout is not None
@@ -111,14 +113,24 @@ class VllmServer:
         ended.set()
         started.set()  # wakes start() when the process ends before it is up
 
-    def _check_one_completion(self) -> None:
+    def _check_one_completion(self, ended: threading.Event) -> None:
         """The server answers HTTP before its model has run once (an unsupported attention head
-        size fails only then): ready means one real completion came back."""
-        try:
-            ids = self.complete([1, 2, 3], max_tokens=2)
-        except (OSError, http.client.HTTPException, ValueError, KeyError) as error:
+        size fails only then): ready means one real completion came back. Its socket may start
+        listening a moment after the start-up line: a refused connection is tried again."""
+        for attempt in range(100):
+            if ended.is_set():
+                raise self._exited()
+            try:
+                ids = self.complete([1, 2, 3], max_tokens=2)
+                break
+            except ConnectionRefusedError:
+                if attempt < 99 and not ended.wait(0.1):
+                    continue
+                error: Exception = ConnectionRefusedError("connection refused for 10 s")
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as failure:
+                error = failure
             self.kill()
-            raise RuntimeError(f"vLLM started but cannot complete ({error}); its log ends:\n{self.log_tail()}") from None
+            raise RuntimeError(f"vLLM started but cannot complete ({error}); its log ends:\n{self.log_tail()}")
         if len(ids) != 2:
             self.kill()
             raise RuntimeError(f"vLLM's first completion gave {ids}; its log ends:\n{self.log_tail()}")
