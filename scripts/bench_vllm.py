@@ -75,7 +75,7 @@ def run(folder: Path, server: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = GlmTextTokenizer.from_pretrained(folder)
     local = LocalBackend.from_pretrained(folder, device="cpu", dtype="float32")
-    settings = HttpSettings(connect_timeout_s=5, read_timeout_s=600, retries=0)
+    settings = HttpSettings(connect_timeout_s=5, read_timeout_s=600, retries=0, token=server.api_key)
     backends = {"local": local, "vllm": OpenAIBackend(server.url, tokenizer, settings)}
     results, same_ids = [], True
     for length in args.lengths:

@@ -21,7 +21,6 @@ from voicechat.glm.text_tokenizer import GlmTextTokenizer
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = HttpSettings(connect_timeout_s=5, read_timeout_s=60, retries=1, retry_delay_s=0.05)
 LONG = 4000  # far more tokens than any test reads: a reply that ran to the end would show
 
 
@@ -42,9 +41,13 @@ def prompt(tokenizer: GlmTextTokenizer) -> list[int]:
     return PromptBuilder(tokenizer).build(Conversation(), speech_tokens=list(range(40))).ids
 
 
+def settings(token: str | None) -> HttpSettings:
+    return HttpSettings(connect_timeout_s=5, read_timeout_s=60, retries=1, retry_delay_s=0.05, token=token)
+
+
 @pytest.fixture
 def backend(vllm_server: VllmServer, tokenizer: GlmTextTokenizer) -> OpenAIBackend:
-    return OpenAIBackend(vllm_server.url, tokenizer, SETTINGS)
+    return OpenAIBackend(vllm_server.url, tokenizer, settings(vllm_server.api_key))
 
 
 def greedy(n: int, stop_ids: tuple[int, ...] = ()) -> SamplingParams:
@@ -139,3 +142,12 @@ def test_vllm_killed_mid_reply_is_one_clear_error_and_after_a_restart_the_next_t
 def test_a_prompt_longer_than_the_server_context_is_refused_with_the_server_reason(backend: OpenAIBackend) -> None:
     with pytest.raises(BackendError, match=r"HTTP 400: This model's maximum context length is 8192 tokens"):
         list(backend.stream([5] * 8300, greedy(2), threading.Event()))
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_a_client_without_the_server_key_is_refused_in_one_line(vllm_server: VllmServer,
+                                                                tokenizer: GlmTextTokenizer, prompt: list[int],
+                                                                token: str | None) -> None:
+    backend = OpenAIBackend(vllm_server.url, tokenizer, settings(token), model="glm-4-voice-9b")
+    with pytest.raises(BackendError, match=r"refused the request \(401\); check backend.api_key_env"):
+        list(backend.stream(prompt, greedy(2), threading.Event()))

@@ -39,9 +39,12 @@ def write_config(folder: Path, tiny_models_dir: Path, vllm_lm: Path, backend: di
 
 @pytest.fixture(scope="module")
 def served_config(tiny_models_dir: Path, vllm_lm: Path, vllm_server: VllmServer,
-                  tmp_path_factory: pytest.TempPathFactory) -> Path:
-    backend = {"kind": "openai", "url": vllm_server.url, "retries": 1, "read_timeout_s": 60.0}
-    return write_config(tmp_path_factory.mktemp("served"), tiny_models_dir, vllm_lm, backend)
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    backend = {"kind": "openai", "url": vllm_server.url, "retries": 1, "read_timeout_s": 60.0,
+               "api_key_env": "VOICECHAT_TEST_VLLM_KEY"}
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("VOICECHAT_TEST_VLLM_KEY", vllm_server.api_key)
+        yield write_config(tmp_path_factory.mktemp("served"), tiny_models_dir, vllm_lm, backend)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import collections
 import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -65,11 +66,13 @@ def server_command(python: Path, checkpoint: Path, port: int) -> list[str]:
 
 
 class VllmServer:
-    """One vLLM server process group; ``kill`` and ``start`` again keep the same port."""
+    """One vLLM server process group; ``kill`` and ``start`` again keep the same port. It serves
+    only clients that send ``api_key`` as a bearer token."""
 
     def __init__(self, python: Path, checkpoint: Path, log_path: Path, threads: int = 1) -> None:
         self.python, self.checkpoint, self.log_path, self.threads = python, checkpoint, log_path, threads
         self.port = free_port()
+        self.api_key = secrets.token_hex(16)
         self.process: subprocess.Popen[str] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
 
@@ -80,7 +83,7 @@ class VllmServer:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(self.threads),
-               "VLLM_CPU_OMP_THREADS_BIND": "nobind", "PYTHONUNBUFFERED": "1"}
+               "VLLM_CPU_OMP_THREADS_BIND": "nobind", "PYTHONUNBUFFERED": "1", "VLLM_API_KEY": self.api_key}
         env.pop("PYTHONPATH", None)  # the project's packages are not vLLM's
         self._tail.clear()
         self.process = subprocess.Popen(
@@ -155,7 +158,8 @@ class VllmServer:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
             connection.request(method, path, body=json.dumps(body) if body is not None else None,
-                               headers={"Content-Type": "application/json"})
+                               headers={"Content-Type": "application/json",
+                                        "Authorization": f"Bearer {self.api_key}"})
             response = connection.getresponse()
             data = response.read().decode()
             if response.status != 200:
