@@ -139,6 +139,22 @@ def test_vllm_killed_mid_reply_is_one_clear_error_and_after_a_restart_the_next_t
     assert list(backend.stream(prompt, params, threading.Event())) == list(local.stream(prompt, params, threading.Event()))
 
 
+def test_vllm_engine_dying_mid_reply_is_one_clear_error_and_after_a_restart_the_next_turn_works(
+        backend: OpenAIBackend, vllm_server: VllmServer, local: LocalBackend, tokenizer: GlmTextTokenizer,
+        prompt: list[int]) -> None:
+    received = []
+    with pytest.raises(BackendError, match=r"/v1 failed mid-reply \(EngineCore .*\); see the server's log, then ask again"):
+        for token in backend.stream(prompt, greedy(LONG), threading.Event()):
+            received.append(token)
+            if len(received) == 3:
+                vllm_server.kill_engine_core()  # the HTTP server lives on, without a model
+    with pytest.raises(BackendError, match=r"cannot get a reply .* after 2 attempts .*; is the server running"):
+        list(backend.stream(prompt, greedy(4), threading.Event()))
+    vllm_server.start()
+    params = greedy(16, tokenizer.special.stop_ids)
+    assert list(backend.stream(prompt, params, threading.Event())) == list(local.stream(prompt, params, threading.Event()))
+
+
 def test_a_prompt_longer_than_the_server_context_is_refused_with_the_server_reason(backend: OpenAIBackend) -> None:
     with pytest.raises(BackendError, match=r"HTTP 400: This model's maximum context length is 8192 tokens"):
         list(backend.stream([5] * 8300, greedy(2), threading.Event()))

@@ -82,6 +82,7 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        self.kill()  # what is left of an earlier run
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(self.threads),
                "VLLM_CPU_OMP_THREADS_BIND": "nobind", "PYTHONUNBUFFERED": "1", "VLLM_API_KEY": self.api_key}
         env.pop("PYTHONPATH", None)  # the project's packages are not vLLM's
@@ -178,6 +179,20 @@ class VllmServer:
             pass
         self.process.wait(timeout=60)
         self.process = None
+
+    def kill_engine_core(self) -> None:
+        """SIGKILL to the engine core only, as when the model's process crashes (out of memory)
+        while the HTTP server lives on."""
+        assert self.process is not None
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and os.getpgid(int(proc.name)) == self.process.pid and \
+                        (proc / "cmdline").read_bytes().startswith(b"VLLM::EngineCore"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    return
+            except (OSError, ProcessLookupError):
+                continue  # a process that ended meanwhile
+        raise RuntimeError("vLLM's engine core process is not running")
 
     def stop(self) -> None:
         if self.process is None:
