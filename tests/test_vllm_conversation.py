@@ -1,6 +1,6 @@
 """Whole turns with the language model on a real vLLM server (the CPU build) and everything else
-in process, on the tiny models: `voicechat ask` answers as it does with the model in process, and
-a server killed mid-reply costs that reply only."""
+in process or on a remote engine, on the tiny models: `voicechat ask` answers as it does with the
+model in process, and a server killed mid-reply costs that reply only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tests.support.engine_server import TOKEN, TOKEN_ENV, EngineServerProcess
 from tests.support.speech import vowels
 from tests.support.vllm import VllmServer
 from voicechat.assemble import load_components
@@ -52,8 +53,9 @@ def local_config(tiny_models_dir: Path, vllm_lm: Path, tmp_path_factory: pytest.
     return write_config(tmp_path_factory.mktemp("local"), tiny_models_dir, vllm_lm, {"kind": "local"})
 
 
-def ask(config: Path, question: Path, reply: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    code = main(["--config", str(config), "ask", str(question), "--out", str(reply), "--json"])
+def ask(config: Path, question: Path, reply: Path, capsys: pytest.CaptureFixture[str],
+        flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    code = main(["--config", str(config), *flags, "ask", str(question), "--out", str(reply), "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert code == 0, printed["problems"]
     return printed
@@ -69,6 +71,23 @@ def test_ask_with_the_lm_on_vllm_replies_in_text_and_audio_as_the_local_model_do
     assert (served["reply"], served["reply_audio_seconds"]) == (local["reply"], local["reply_audio_seconds"])
     samples, rate = read_audio(tmp_path / "served.wav")
     assert samples.shape[0] / rate == pytest.approx(served["reply_audio_seconds"], abs=0.01)
+
+
+def test_a_remote_engine_with_its_lm_on_vllm_answers_as_the_model_in_process_does(
+        served_config: Path, local_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    question = tmp_path / "question.wav"
+    write_wav(question, vowels(1.0), 16000)
+    engine = EngineServerProcess(served_config, tmp_path / "engine.log")  # its backend: vLLM
+    try:
+        remote = ask(served_config, question, tmp_path / "remote.wav", capsys,
+                     ("--engine-url", engine.url, "--engine-token-env", TOKEN_ENV))
+    finally:
+        engine.stop()
+    local = ask(local_config, question, tmp_path / "local.wav", capsys)
+    assert remote["reply"] and remote["reply_audio_seconds"] > 0
+    assert (remote["reply"], remote["reply_audio_seconds"]) == (local["reply"], local["reply_audio_seconds"])
 
 
 class KillOnFirstSpeech:
