@@ -5,6 +5,7 @@ model in process, and a server killed mid-reply costs that reply only."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -131,6 +132,12 @@ def test_vllm_killed_mid_reply_fails_that_reply_only_and_the_conversation_goes_o
     failures = events.failures()
     assert len(failures) == 1 and "was cut after" in failures[0] and "\n" not in failures[0]
     assert [q for q, _, _ in session.transcript] == ["When does the library open?", "And when does it close?"]
+
+    events.events.clear()
+    session.run_turn(TurnInput(text="Are you there?"))  # while the server is down
+    session.turn_over()
+    assert re.search(r"cannot get a reply .* after 2 attempts \(connection refused\); is the server running",
+                     "".join(events.failures()))
 
     vllm_server.start()
     events.events.clear()
