@@ -3,6 +3,8 @@
     python scripts/make_test_models.py --size tiny --out test-models
     python scripts/make_test_models.py --size tiny --voice-model qwen2.5-omni --out test-models-qwen
     voicechat --config test-models/config.yaml doctor
+
+With --lm-size tiny-vllm the language model is one vLLM's CPU build can serve (head size 64).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from voicechat.testing.lm import SHAPES
 
 
 def main() -> int:
@@ -20,11 +24,12 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", metavar="MODEL", help="write only these models")
     parser.add_argument("--voice-model", choices=["glm-4-voice", "qwen2.5-omni"], default="glm-4-voice",
                         help="the voice model to write (with the retrieval models both use)")
+    parser.add_argument("--lm-size", choices=sorted(SHAPES), help="the language model's size (default: --size)")
     args = parser.parse_args()
     from voicechat.testing.generator import generate
 
     path = generate(args.out, args.size, args.seed, args.only, progress=lambda m: print(m, file=sys.stderr),
-                    voice_model=args.voice_model)
+                    voice_model=args.voice_model, lm_size=args.lm_size)
     print(path)
     return 0
 

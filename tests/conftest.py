@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.support.retrieval",
     "tests.support.speech_tokenizer",
     "tests.support.tiny_models",
+    "tests.support.vllm",
 ]
 
 REPO = Path(__file__).resolve().parents[1]

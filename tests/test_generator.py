@@ -24,3 +24,16 @@ def test_every_generated_model_resolves_locally(tmp_path: Path) -> None:
         spec = getattr(config.models, role)
         if models.source_kind(spec.source) == "local":
             assert models.model_status(role, spec, config).state == "local", role
+
+
+def test_the_vllm_sized_language_model_has_head_size_64_and_the_tiny_vocabulary(tmp_path: Path) -> None:
+    import json
+
+    generate(tmp_path / "tiny", "tiny", seed=0, only=["lm"])
+    config = load_config(generate(tmp_path / "vllm", "tiny", seed=0, only=["lm"], lm_size="tiny-vllm"))
+    folder = Path(config.models.lm.source)
+    chatglm = json.loads((folder / "config.json").read_text())
+    # vLLM takes the head size from hidden / heads; its CPU attention has no kernel for 16
+    assert chatglm["hidden_size"] // chatglm["num_attention_heads"] == chatglm["kv_channels"] == 64
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        assert (folder / name).read_bytes() == (tmp_path / "tiny" / folder.name / name).read_bytes()

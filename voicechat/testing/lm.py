@@ -47,6 +47,10 @@ class LMShape:
 SHAPES = {
     "tiny": LMShape(ranks=1024, hidden=64, layers=2, heads=4, groups=2, head_dim=16, ffn=96,
                     padded_vocab=18496, shard_bytes=3_000_000),
+    # vLLM derives the head size from hidden / heads, and its CPU attention has kernels for head
+    # sizes 32, 64, 80, ... (not 16): the tiny model made wide enough for vLLM to serve it.
+    "tiny-vllm": LMShape(ranks=1024, hidden=256, layers=2, heads=4, groups=2, head_dim=64, ffn=384,
+                         padded_vocab=18496, shard_bytes=6_000_000),
     "full": LMShape(ranks=151329, hidden=4096, layers=40, heads=32, groups=2, head_dim=128,
                     ffn=13696, padded_vocab=168960, shard_bytes=5_000_000_000),
 }

@@ -42,9 +42,19 @@ class StreamIncomplete(Exception):
 
 class HttpStatusError(Exception):
     def __init__(self, status: int, body: str):
-        super().__init__(f"HTTP {status}: {body[:200]}")
+        super().__init__(f"HTTP {status}: {_server_message(body)}")
         self.status = status
         self.retriable = status >= 500 or status == 429
+
+
+def _server_message(body: str) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else the body."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return body[:200]
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message)[:400] if message else body[:200]
 
 
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException, StreamIncomplete)
@@ -80,8 +90,9 @@ def stream_with_retries(attempt: Callable[[], Iterator[int]], settings: HttpSett
     last: Exception | None = None
     for number in range(settings.retries + 1):
         produced = 0
+        tokens = attempt()
         try:
-            for token in attempt():
+            for token in tokens:
                 if cancel.is_set():
                     return
                 produced += 1
@@ -99,6 +110,8 @@ def stream_with_retries(attempt: Callable[[], Iterator[int]], settings: HttpSett
                     f"the reply stream from {server} was cut after {produced} tokens ({_reason(error)}); ask again"
                 ) from None
             last = error
+        finally:
+            tokens.close()  # closes the connection at once: the server stops generating
         if cancel.wait(settings.retry_delay_s * 2**number):
             return
     raise BackendError(

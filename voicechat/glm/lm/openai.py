@@ -79,7 +79,8 @@ class OpenAIBackend:
             raise BackendError(f"{self.base} sent an event that is not JSON: {data[:80]!r}") from None
         if "error" in chunk:
             error = chunk["error"]
-            raise BackendError(f"the inference server reported an error: {error.get('message', error) if isinstance(error, dict) else error}")
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise BackendError(f"{self.base} failed mid-reply ({message}); see the server's log, then ask again")
         choices = chunk.get("choices") or []
         if not choices:
             return []
