@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
                          help=f"comma-separated: e2e, asr, text, norag, rewrite, fallback (default: {default_modes})")
         sub.add_argument("--limit", type=int, help="evaluate the first N questions (a random N with --seed)")
         sub.add_argument("--seed", type=int, help="choose the --limit questions at random with this seed")
-        sub.add_argument("--top-k", type=int, default=DEFAULT_TOP_K[name],
-                         help=f"passages retrieved (default: {DEFAULT_TOP_K[name]})")
+        sub.add_argument("--top-k", type=int,
+                         help=f"passages retrieved (default: {DEFAULT_TOP_K[name]}); with --engine-url, the engine "
+                              "server's retrieval.top_k")
         sub.add_argument("--out", type=Path, required=True, help="results folder (a rerun resumes)")
         if name == "rgb":
             sub.add_argument("--noise-rate", type=float, default=0.4, help="share of negative passages (0-1)")
@@ -113,15 +114,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from voicechat.evaluation import report, runner
 
     keep_large_buffers_out_of_the_heap()  # memory stays flat over many questions
-    dataset, top_k = args.eval_dataset, args.top_k
+    dataset = args.eval_dataset
     check_out_folder(args.out)
     modes = runner.parse_modes(args.modes)
-    if top_k < 1:
-        raise VoicechatError(f"--top-k must be at least 1, got {top_k}")
+    if args.top_k is not None and args.top_k < 1:
+        raise VoicechatError(f"--top-k must be at least 1, got {args.top_k}")
     questions = choose(read_questions(args, dataset), args.limit, args.seed)
     check_texts(questions, modes, args.synth)
     if config.engine.url:
         return run_remote(args, config, dataset, modes, questions)
+    top_k = args.top_k or DEFAULT_TOP_K[dataset]
     knowledge = index_dir = None
     if dataset == "folder":
         knowledge, index_dir = knowledge_folder(config)
@@ -169,13 +171,21 @@ def run_remote(args: argparse.Namespace, config: Config, dataset: str, modes: li
     if "text" in modes:
         raise VoicechatError("mode text retrieves on this machine; leave it out of --modes with --engine-url")
     link = connect_remote(config)
-    spec = runner.RunSpec(dataset, tuple(modes), args.top_k, "folder")
-    speech = speech_source(args, dataset, questions)
-    for question in questions:
-        speech.path(question.id)
+    try:
+        top_k = check_remote_engine(link.welcome, config.engine.url, modes, args.top_k)
+        spec = runner.RunSpec(dataset, tuple(modes), top_k, "folder")
+        speech = speech_source(args, dataset, questions)
+        for question in questions:
+            speech.path(question.id)
+    except BaseException:
+        link.close()
+        raise
     args.out.mkdir(parents=True, exist_ok=True)
     info = run_info(args, config, spec, questions, speech)
+    # the answers come from the server's models and generation settings, not this machine's config
     info["options"]["engine"] = config.engine.url
+    info["models"] = {role: {"source": source} for role, source in link.welcome.get("models", {}).items()}
+    info["generation"] = link.welcome.get("generation", {})
     info = runner.check_run_info(args.out, info)
     results = runner.ResultsFile(args.out / runner.RESULTS)
     url, current = config.engine.url, [link]  # one connection for every question; a new one after a loss
@@ -194,6 +204,25 @@ def run_remote(args: argparse.Namespace, config: Config, dataset: str, modes: li
         report.write_plots(args.out, summary)
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     return 1 if any(r["problems"] for r in records) else 0
+
+
+def check_remote_engine(welcome: dict, url: str, modes: list[str], top_k: int | None) -> int:
+    """The engine server has loaded what the modes need; returns the passages it retrieves (a
+    different --top-k would change the prompts, so it is refused rather than ignored)."""
+    from voicechat.assemble import retrieval_modes
+    from voicechat.evaluation.runner import MODES
+
+    loaded = set(welcome.get("modes", ()))
+    missing = {m for mode in modes for m in retrieval_modes(*MODES[mode])} - loaded
+    if missing:
+        raise VoicechatError(f"the engine server at {url} has not loaded the {', '.join(sorted(missing))} retrieval "
+                             f"models that --modes {','.join(modes)} need (it has: {', '.join(sorted(loaded)) or 'none'}); "
+                             "load them there (retrieval.rag, retrieval.two_round) or leave those modes out")
+    served = welcome.get("top_k")
+    if top_k is not None and served is not None and top_k != served:
+        raise VoicechatError(f"the engine server at {url} retrieves {served} passages (its retrieval.top_k); "
+                             f"leave out --top-k or give --top-k {served}")
+    return int(served or top_k or DEFAULT_TOP_K["folder"])
 
 
 def check_out_folder(out: Path) -> None:

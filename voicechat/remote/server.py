@@ -9,6 +9,7 @@ only. A conversation whose client goes away has its turn cancelled at the next t
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import http
 import logging
@@ -125,7 +126,8 @@ class EngineServer:
             "type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "server": f"voicechat {__version__}",
             "models": models, "modes": sorted(retriever.modes) if retriever is not None else [],
             "voices": list(config.voices), "sample_rate": parts.decoder.sample_rate,
-            "settings": _settings_json(Settings.from_config(config)),
+            "settings": _settings_json(Settings.from_config(config)), "top_k": config.retrieval.top_k,
+            "generation": dataclasses.asdict(config.generation),
             "limits": {"max_frame_bytes": self.limits.max_frame_bytes,
                        "max_utterance_s": self.limits.max_utterance_s},
         }
