@@ -19,9 +19,9 @@ from tests.support.speech import vowels
 from voicechat.assemble import load_components
 from voicechat.audio.files import read_audio, write_wav
 from voicechat.cli import main
-from voicechat.config import Config
+from voicechat.config import Config, VoicePreset
 from voicechat.engine import TurnInput
-from voicechat.events import AudioChunk, Notice, StageFailed, TurnConfirmed, TurnFinished
+from voicechat.events import AudioChunk, Notice, Retrieved, SettingsChanged, StageFailed, TurnConfirmed, TurnFinished
 from voicechat.hold import Hold
 from voicechat.remote import protocol
 from voicechat.remote.client import EngineLink, EngineUnavailable, RemoteEngine
@@ -317,3 +317,112 @@ def test_a_held_turn_on_the_remote_engine_waits_here_and_a_dropped_one_leaves_no
     assert np.array_equal(result.reply_audio, expected.reply_audio)
     assert len(session.transcript) == 2
     session.engine.close()
+
+
+# --- settings switched during a conversation -------------------------------------------------------
+
+
+def switch(session: ConversationSession, settled: threading.Event, change) -> None:
+    """Makes a switch and waits for its outcome (the server answers on another thread)."""
+    settled.clear()
+    change()
+    assert settled.wait(30), "the switch had no outcome"
+
+
+def test_switches_reach_the_servers_conversation_and_one_it_refuses_is_a_notice_with_the_settings_kept(
+        engine_server: EngineServerProcess, engine_config: Config) -> None:
+    voices = {**engine_config.voices, "pirate": VoicePreset("Only on this machine.", "Speak like a pirate.")}
+    config = dataclasses.replace(engine_config, voices=voices)
+    events: list = []
+    settled = threading.Event()
+
+    def watch(event) -> None:
+        events.append(event)
+        if isinstance(event, SettingsChanged):
+            settled.set()
+
+    session = ConversationSession(config, watch, save=False)
+    url = engine_server.url
+    session.ready(None, engine=lambda emit: RemoteEngine(EngineLink.open(url, TOKEN), emit,
+                                                         reconnect=lambda: EngineLink.open(url, TOKEN)))
+    switch(session, settled, lambda: session.set_rag("asr"))  # the server has no Whisper
+    switch(session, settled, lambda: session.set_voice("pirate"))  # nor this voice
+    refusals = [e.text for e in events if isinstance(e, Notice) and e.error]
+    assert refusals == ["cannot switch to retrieval asr: the engine server has not loaded the asr retrieval models "
+                        "(it has: e2e, text)",
+                        "cannot switch to voice pirate: the engine server has no voice 'pirate'; it has: "
+                        + ", ".join(engine_config.voices)]
+    assert (session.settings.rag, session.settings.voice) == ("e2e", "default")
+
+    def sources_of_a_turn() -> list:
+        start = len(events)
+        session.run_turn(TurnInput(text="How long should green tea steep?"))
+        return [e for e in events[start:] if isinstance(e, Retrieved)]
+
+    switch(session, settled, lambda: session.set_rag("off"))
+    assert session.settings.rag == "off" and sources_of_a_turn() == []
+    switch(session, settled, lambda: session.set_rag("e2e"))
+    switch(session, settled, lambda: session.set_two_round("rewrite"))
+    switch(session, settled, lambda: session.set_voice("calm"))
+    assert (session.settings.rag, session.settings.two_round, session.settings.voice) == ("e2e", "rewrite", "calm")
+    assert any(isinstance(e, Notice) and e.text.startswith("voice calm:") for e in events)
+    assert [r.mode for r in sources_of_a_turn()] == ["text"]  # a typed question searches by its text
+    session.engine.close()
+
+
+# --- the server under abuse -----------------------------------------------------------------------
+
+
+def wait_for_health(url: str, condition, what: str) -> dict:
+    deadline = time.monotonic() + 60
+    while not condition(state := health(url)):  # the server offers no event to wait on from here
+        assert time.monotonic() < deadline, f"{what}: {state}"
+        time.sleep(0.05)
+    return state
+
+
+def test_a_client_sending_garbage_does_not_disturb_another_conversation(
+        engine_server: EngineServerProcess, engine_config: Config) -> None:
+    config = dataclasses.replace(engine_config, retrieval=dataclasses.replace(engine_config.retrieval, rag="off"))
+    rng = np.random.default_rng(0)
+    stop = threading.Event()
+    answered: list[str] = []
+
+    def babble() -> None:
+        ws = raw_client(engine_server.url)
+        while not stop.is_set():
+            junk = rng.integers(0, 256, int(rng.integers(1, 4096)), dtype=np.uint8).tobytes()
+            ws.send(junk if rng.random() < 0.5 else junk.decode("latin-1"))
+            answered.append(next_of(ws, "error", timeout=30)["code"])
+        ws.close()
+
+    babbler = threading.Thread(target=babble)
+    babbler.start()
+    try:
+        session = remote_session(config, engine_server.url)
+        results = [session.run_turn(TurnInput(text=q)) for q in ("Hello there.", "And again?")]
+        session.engine.close()
+    finally:
+        stop.set()
+        babbler.join()
+    assert all(not r.finished.interrupted and r.reply_audio.size > 0 for r in results)
+    assert [r.finished.turn for r in results] == [1, 2]
+    assert answered and set(answered) == {"bad_message"}
+
+
+def test_many_connections_opened_and_dropped_leave_no_conversation_or_thread_behind(
+        engine_server: EngineServerProcess) -> None:
+    before = wait_for_health(engine_server.url, lambda h: h["conversations"] == 0 and not h["turns_running"],
+                             "the server to be idle")
+    for cycle in range(20):
+        ws = raw_client(engine_server.url)
+        if cycle % 4 == 0:  # some leave mid-turn, some without a closing handshake
+            ws.send(protocol.dump({"type": "turn", "id": 1, "text": "Tell me a story.", "settings": {"rag": "off"}}))
+            next_of(ws, "event", timeout=120)
+        if cycle % 2:
+            ws.socket.close()
+        else:
+            ws.close()
+    after = wait_for_health(engine_server.url, lambda h: h["conversations"] == 0 and not h["turns_running"]
+                            and h["threads"] <= before["threads"], "conversations or threads left behind")
+    assert after["threads"] <= before["threads"], (before, after)

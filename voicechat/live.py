@@ -140,26 +140,53 @@ class LiveConversation:
             return None
 
     def _connect(self) -> bool:
-        """A remote engine (engine.url): the models are there, the microphone and speaker here."""
+        """A remote engine (engine.url): the models are there, the microphone and speaker here.
+        Until the server first answers, the conversation waits (one line says why) and tries again
+        in the background; later losses are the remote engine's to mend."""
         from voicechat.remote.client import EngineLink, RemoteEngine, token_from_env
 
         url = self.config.engine.url
         self.emit(LoadProgress("engine server", 0, 1))
         try:
             token = token_from_env(self.config.engine.token_env)
-            link = EngineLink.open(url, token)
         except VoicechatError as error:
             self.emit(LoadProgress("failed", 1, 1))
             self.session.failed(str(error))
             return False
-        self.emit(LoadProgress("ready", 1, 1))
-        if self._closed.is_set():
-            link.close()
+        link = self._first_link(lambda: EngineLink.open(url, token))
+        if link is None:
             return False
         speaker = self._open_speaker(int(link.welcome["sample_rate"]))
         self.session.ready(None, engine=lambda emit: RemoteEngine(link, emit, speaker,
                                                                   reconnect=lambda: EngineLink.open(url, token)))
+        self.session.engine.keep_connected()
         return True
+
+    def _first_link(self, open_link):
+        """The first connection, tried again until it works or the app closes."""
+        from voicechat.remote.client import RECONNECT_WAITS_S
+
+        failures, said = 0, ""
+        while not self._closed.is_set():
+            try:
+                link = open_link()
+            except VoicechatError as error:
+                if failures == 0:
+                    self.emit(LoadProgress("waiting for the engine server", 1, 1))  # the conversation screen shows
+                if str(error) != said:  # once per reason, not once per attempt
+                    said = str(error)
+                    self.emit(StageFailed(stage="engine server", message=f"{error}; trying again in the background"))
+                failures += 1
+                self._closed.wait(RECONNECT_WAITS_S[min(failures, len(RECONNECT_WAITS_S)) - 1])
+                continue
+            if self._closed.is_set():
+                link.close()
+                return None
+            self.emit(LoadProgress("ready", 1, 1))
+            if failures:
+                self.emit(Notice(f"connected to the engine server at {link.url}"))
+            return link
+        return None
 
     def _open_speaker(self, rate: int):
         if not self.use_audio:

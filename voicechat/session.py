@@ -130,7 +130,8 @@ class ConversationSession:
 
     def _usable(self) -> bool:
         if self.state == "loading":
-            self.emit(Notice("not ready yet: the models are still loading", error=True))
+            waiting = "waiting for the engine server" if self.config.engine.url else "the models are still loading"
+            self.emit(Notice(f"not ready yet: {waiting}", error=True))
         elif self.state == "error":
             self.emit(Notice("the conversation could not start; press q to quit", error=True))
         return self.state not in ("loading", "error")
@@ -380,6 +381,10 @@ class ConversationSession:
         with self._lock:
             if not self._usable():
                 return
+            if hasattr(self.engine, "change_settings"):  # a remote engine: its server decides
+                threading.Thread(target=self._switch_on_engine, args=(wanted, what),
+                                 name="voicechat-settings", daemon=True).start()
+                return
             missing = retrieval_modes(wanted.rag, wanted.two_round) - self.loaded_modes
             if not missing:
                 self.settings = wanted
@@ -397,6 +402,18 @@ class ConversationSession:
             self._announce_settings()
         threading.Thread(target=self._load_then_switch, args=(wanted, missing, what),
                          name="voicechat-mode-loader", daemon=True).start()
+
+    def _switch_on_engine(self, wanted: Settings, what: str) -> None:
+        refusal = self.engine.change_settings(wanted)
+        with self._lock:
+            if refusal is None:
+                new_voice = wanted.voice != self.settings.voice
+                self.settings = wanted
+                if new_voice:
+                    self.emit(Notice(f"voice {wanted.voice}: {self.config.voices[wanted.voice].description}"))
+            else:
+                self.emit(Notice(f"cannot switch to {what}: {refusal}", error=True))
+            self._announce_settings()
 
     def _load_then_switch(self, wanted: Settings, missing: set[str], what: str) -> None:
         try:

@@ -11,6 +11,7 @@ its first chunk is the turn's ``network_ms``.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import replace
@@ -30,20 +31,37 @@ from voicechat.hold import HeldSpeaker
 from voicechat.remote import codec, protocol
 
 WELCOME_TIMEOUT_S = 30.0
+SETTINGS_TIMEOUT_S = 10.0
+RECONNECT_WAITS_S = (0.25, 0.5, 1.0, 2.0, 3.0)  # between attempts; then the last one again
 STAGE = "engine server"
+LOST = object()  # in a link's queues: the connection is gone
 
 
 class EngineUnavailable(VoicechatError):
     """The engine server cannot be used: unreachable, the token refused, another protocol version."""
 
 
+class LinkLost(VoicechatError):
+    """The connection to the engine server ended."""
+
+
 class EngineLink:
-    """One WebSocket to an engine server, after the handshake."""
+    """One WebSocket to an engine server, after the handshake. A thread of its own reads every
+    message as it comes, so a server that goes away is noticed at once, also between turns: the
+    answers to settings go to ``replies``, everything else to ``inbox``."""
 
     def __init__(self, url: str, connection: Any, welcome: dict[str, Any]) -> None:
         self.url = url
         self.connection = connection
         self.welcome = welcome
+        self.inbox: queue.Queue = queue.Queue()
+        self.replies: queue.Queue = queue.Queue()
+        self.lost = threading.Event()
+        self.lost_reason = ""
+        self.closed_here = False
+        self.on_lost: Callable[[EngineLink], None] | None = None
+        self.reader = threading.Thread(target=self._read, name="voicechat-remote-reader", daemon=True)
+        self.reader.start()
 
     @classmethod
     def open(cls, url: str, token: str | None, timeout: float = 10.0) -> EngineLink:
@@ -89,11 +107,53 @@ class EngineLink:
         self.connection.send(protocol.pack(header, payload))
 
     def receive(self) -> tuple[dict[str, Any], bytes]:
-        message = self.connection.recv()
-        return protocol.unpack(message) if isinstance(message, bytes) else (protocol.parse(message), b"")
+        """The next message that is not an answer to settings; LinkLost once the connection ended."""
+        item = self.inbox.get()
+        if item is LOST:
+            self.inbox.put(LOST)  # every later call says so too
+            raise LinkLost(self.lost_reason)
+        return item
+
+    def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for message in self.connection:
+                try:
+                    header, payload = protocol.unpack(message) if isinstance(message, bytes) else \
+                        (protocol.parse(message), b"")
+                except protocol.ProtocolError as error:
+                    self.lost_reason = f"it sent a message this client cannot read: {error}"
+                    self.connection.close()
+                    break
+                (self.replies if _answers_settings(header) else self.inbox).put((header, payload))
+            else:
+                self.lost_reason = self.lost_reason or _closed_reason(self.connection)
+        except (ConnectionClosed, OSError) as error:
+            self.lost_reason = _reason(error)
+        finally:
+            self.lost.set()
+            self.inbox.put(LOST)
+            self.replies.put(LOST)
+            if self.on_lost is not None:
+                self.on_lost(self)
 
     def close(self) -> None:
+        self.closed_here = True
+        self.lost_reason = self.lost_reason or "closed by this client"
         self.connection.close()
+
+
+def _answers_settings(header: dict[str, Any]) -> bool:
+    if header.get("type") == "error":
+        return header.get("code") == "bad_settings" and header.get("turn") is None
+    event = header.get("event")
+    return header.get("type") == "event" and isinstance(event, dict) and event.get("kind") == "SettingsChanged"
+
+
+def _closed_reason(connection: Any) -> str:
+    close = getattr(connection, "close_rcvd", None)
+    return f"it closed the connection ({close.code} {close.reason})".strip() if close else "the connection closed"
 
 
 def _refusal(url: str, status: int) -> str:
@@ -116,30 +176,54 @@ def token_from_env(variable: str | None) -> str | None:
 
 class RemoteEngine:
     """Turns on an engine server for one conversation. ``emit`` gets the events as the
-    in-process engine would emit them; ``speaker`` plays the reply's audio as it arrives."""
+    in-process engine would emit them; ``speaker`` plays the reply's audio as it arrives.
+    ``reconnect`` opens a new link after a loss: at the next question, and in the background
+    as soon as the server is back once ``keep_connected`` was called."""
 
     def __init__(self, link: EngineLink, emit: Callable[[Event], None], speaker: Speaker | None = None,
                  reconnect: Callable[[], EngineLink] | None = None) -> None:
-        self.link: EngineLink | None = link
+        self.link: EngineLink | None = None
         self.url = link.url
         self.emit_to_driver = emit
         self.speaker = speaker or CollectingSpeaker()
         self.reconnect = reconnect
-        self.modes = frozenset(link.welcome.get("modes", ()))
-        self.sample_rate = int(link.welcome["sample_rate"])
-        self.limits = link.welcome.get("limits", {})
         self.turns = 0
         self.cancel = threading.Event()
+        self.closed = threading.Event()
+        self.in_turn = False
+        self.background = False  # reconnect without waiting for a question
+        self._connecting = threading.Lock()
+        self._settings_lock = threading.Lock()
+        self._reconnecting: threading.Thread | None = None
         # (header ids, turns) the server's copy of the history holds; None: not known, so the first
         # turn sends the history (a connection may have served another conversation before)
         self._server_history: tuple[int, int] | None = None
+        self._adopt(link)
 
     @classmethod
     def connect(cls, url: str, token: str | None, emit: Callable[[Event], None],
                 speaker: Speaker | None = None) -> RemoteEngine:
         return cls(EngineLink.open(url, token), emit, speaker, reconnect=lambda: EngineLink.open(url, token))
 
+    def _adopt(self, link: EngineLink) -> None:
+        """A new link: what the server loaded, and what its copy of the history holds."""
+        self.modes = frozenset(link.welcome.get("modes", ()))
+        self.voices = tuple(link.welcome.get("voices", ()))
+        self.sample_rate = int(link.welcome["sample_rate"])
+        self.limits = link.welcome.get("limits", {})
+        self.link = link
+        link.on_lost = self._lost
+        if link.lost.is_set():
+            self._lost(link)
+
+    def keep_connected(self) -> None:
+        """From now on a lost connection is made again in the background (with a notice)."""
+        self.background = True
+        if self.link is None or self.link.lost.is_set():
+            self._reconnect_in_background()
+
     def close(self) -> None:
+        self.closed.set()
         if self.link is not None:
             self.link.close()
             self.link = None
@@ -162,6 +246,88 @@ class RemoteEngine:
                 link.send({"type": "interrupt", "played_s": played})
             except Exception:  # noqa: BLE001 - the connection is gone: the turn's reader says so
                 pass
+
+    # --- connection -------------------------------------------------------------------------------
+
+    def _lost(self, link: EngineLink) -> None:
+        """The link's reader saw it end (on the reader's thread)."""
+        if link is not self.link or link.closed_here or self.closed.is_set():
+            return
+        if not self.in_turn:  # in a turn, the turn says so
+            self.emit_to_driver(StageFailed(stage=STAGE, message=(
+                f"lost the connection to the engine server at {self.url} ({link.lost_reason}); "
+                + ("reconnecting in the background" if self.background else "the next question reconnects"))))
+        if self.background:
+            self._reconnect_in_background()
+
+    def _reconnect_in_background(self) -> None:
+        if self.reconnect is None or (self._reconnecting is not None and self._reconnecting.is_alive()):
+            return
+        self._reconnecting = threading.Thread(target=self._keep_trying, name="voicechat-remote-reconnect",
+                                              daemon=True)
+        self._reconnecting.start()
+
+    def _keep_trying(self) -> None:
+        attempt = 0
+        while not self.closed.wait(RECONNECT_WAITS_S[min(attempt, len(RECONNECT_WAITS_S) - 1)]):
+            attempt += 1
+            with self._connecting:
+                if self.link is not None and not self.link.lost.is_set():
+                    return  # a question reconnected meanwhile
+                try:
+                    link = self.reconnect()
+                except VoicechatError:
+                    continue
+                if self.closed.is_set():
+                    link.close()
+                    return
+                self._reconnected(link)
+                return
+
+    def _reconnected(self, link: EngineLink) -> None:
+        self._adopt(link)
+        self._server_history = (0, 0)
+        self.emit_to_driver(Notice(f"reconnected to the engine server at {self.url}"))
+
+    def _usable_link(self, turn: _RemoteTurn) -> EngineLink | None:
+        with self._connecting:
+            if self.link is not None and not self.link.lost.is_set():
+                return self.link
+            if self.reconnect is None:
+                turn.fail(f"not connected to the engine server at {self.url}")
+                return None
+            try:
+                link = self.reconnect()
+            except VoicechatError as error:
+                turn.fail(f"{error}; the question was not sent")
+                return None
+            self._reconnected(link)
+            return link
+
+    # --- settings ---------------------------------------------------------------------------------
+
+    def change_settings(self, settings: Settings) -> str | None:
+        """Asks the server's conversation to take ``settings``; None when it did, else why not."""
+        with self._settings_lock:
+            link = self.link
+            if link is None or link.lost.is_set():
+                return f"not connected to the engine server at {self.url}"
+            while not link.replies.empty():  # answers nobody waited for (a timeout before)
+                link.replies.get_nowait()
+            try:
+                link.send({"type": "settings", "rag": settings.rag, "two_round": settings.two_round,
+                           "voice": settings.voice})
+                answer = link.replies.get(timeout=SETTINGS_TIMEOUT_S)
+            except queue.Empty:
+                return f"the engine server at {self.url} did not answer within {SETTINGS_TIMEOUT_S:g} s"
+            except Exception as error:  # noqa: BLE001 - the connection is gone
+                return f"the engine server at {self.url} went away ({_reason(error)})"
+            if answer is LOST:
+                return f"the engine server at {self.url} went away ({link.lost_reason})"
+            header, _ = answer
+            return str(header.get("message")) if header["type"] == "error" else None
+
+    # --- turns ------------------------------------------------------------------------------------
 
     def run_turn(self, question: TurnInput, settings: Settings, history: Conversation) -> TurnResult:
         """A held turn (``question.hold``) runs on the server at once; here its events and audio
@@ -196,15 +362,24 @@ class RemoteEngine:
             return turn.finish()
         from websockets.exceptions import ConnectionClosed
 
+        self.in_turn = True
         try:
             header = self.turn_header(turn.number, question, settings, history)
             turn.send(link, header, question)
             turn.receive(link)
         except (ConnectionClosed, OSError, VoicechatError) as error:  # the server went away, or sent nonsense
-            self.link = None
+            with self._connecting:
+                if self.link is link:
+                    self.link = None
+            link.close()
+            if self.background:
+                self._reconnect_in_background()
             turn.lost = True
             turn.fail(f"the engine server at {self.url} went away mid-turn ({_reason(error)}); the conversation "
-                      "so far is kept, and the next question reconnects")
+                      "so far is kept, and " + ("it reconnects in the background" if self.background
+                                                else "the next question reconnects"))
+        finally:
+            self.in_turn = False
         return turn.finish()
 
     def turn_header(self, number: int, question: TurnInput, settings: Settings,
@@ -216,21 +391,6 @@ class RemoteEngine:
         if question.text is not None:
             header["text"] = question.text
         return header
-
-    def _usable_link(self, turn: _RemoteTurn) -> EngineLink | None:
-        if self.link is not None:
-            return self.link
-        if self.reconnect is None:
-            turn.fail(f"not connected to the engine server at {self.url}")
-            return None
-        try:
-            self.link = self.reconnect()
-        except VoicechatError as error:
-            turn.fail(f"{error}; the question was not sent")
-            return None
-        self._server_history = (0, 0)
-        self.emit_to_driver(Notice(f"reconnected to the engine server at {self.url}"))
-        return self.link
 
 
 class _RemoteTurn:

@@ -9,17 +9,17 @@ only. A conversation whose client goes away has its turn cancelled at the next t
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import http
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from voicechat import __version__
+from voicechat.assemble import retrieval_modes
 from voicechat.config import Config
 from voicechat.engine import Components, Engine, EngineConfig, Settings, TurnInput
 from voicechat.errors import VoicechatError
@@ -96,7 +96,7 @@ class EngineServer:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {"status": "ok", "protocol": protocol.PROTOCOL_VERSION, "conversations": self.conversations,
-                    "turns_running": self.turns_running}
+                    "turns_running": self.turns_running, "threads": threading.active_count()}
 
     def _count(self, what: str, change: int) -> None:
         with self._lock:
@@ -127,7 +127,7 @@ class EngineServer:
             "models": models, "modes": sorted(retriever.modes) if retriever is not None else [],
             "voices": list(config.voices), "sample_rate": parts.decoder.sample_rate,
             "settings": _settings_json(Settings.from_config(config)), "top_k": config.retrieval.top_k,
-            "generation": dataclasses.asdict(config.generation),
+            "generation": asdict(config.generation),
             "limits": {"max_frame_bytes": self.limits.max_frame_bytes,
                        "max_utterance_s": self.limits.max_utterance_s},
         }
@@ -232,7 +232,7 @@ class ServedConversation:
             self.speaker.played = float(played) if isinstance(played, (int, float)) else float("inf")
             self.engine.interrupt()
         elif kind == "settings":
-            self.settings = self.read_settings(header)
+            self.settings = self.loaded(self.read_settings(header))
             s = self.settings
             self.emit(SettingsChanged(rag=s.rag, two_round=s.two_round, voice=s.voice))
         else:
@@ -248,6 +248,17 @@ class ServedConversation:
             raise RequestRefused("bad_settings", f"the engine server has no voice {wanted.voice!r}; "
                                                  f"it has: {', '.join(voices)}", turn)
         return wanted
+
+    def loaded(self, settings: Settings) -> Settings:
+        """A switch to retrieval whose models this server has not loaded is refused (a turn that
+        asks for it anyway answers without those passages, and says so)."""
+        retriever = self.server.parts.retriever
+        have = retriever.modes if retriever is not None else frozenset()
+        missing = retrieval_modes(settings.rag, settings.two_round) - have
+        if missing:
+            raise RequestRefused("bad_settings", f"the engine server has not loaded the {', '.join(sorted(missing))} "
+                                                 f"retrieval models (it has: {', '.join(sorted(have)) or 'none'})")
+        return settings
 
     def start_turn(self, header: dict[str, Any], payload: bytes) -> None:
         number = header.get("id")
