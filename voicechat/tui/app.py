@@ -122,7 +122,7 @@ class VoicechatApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.status.set(backend=self.config.backend.kind)
+        self.status.set(backend="remote engine" if self.config.engine.url else self.config.backend.kind)
         self.set_focus(None)
         self.control.start(lambda event: self.post_message(EngineEvent(event)))
 
