@@ -251,3 +251,73 @@ def test_finished_question_into_the_microphone_ends_before_the_silence_wait(puls
     assert utterance.reason == "complete"
     assert utterance.decision_delay < config.vad.trailing_ms / 1000
     assert best_match(utterance.audio.astype(np.float32) / 32768, spoken)[0] > 0.99
+
+
+REPLY = ("Green tea should steep for two to three minutes in water just below boiling, then the leaves "
+         "come out so that the cup does not turn bitter. Black tea takes longer, four or five minutes.")
+
+
+def speak_over_the_room(pulse, echo_cancellation: bool, barge_in: bool | None, question: np.ndarray | None = None):
+    """The assistant speaks a reply through the virtual speaker, which loops back into the virtual
+    microphone 60 ms late and 6 dB quieter (tests/support/pulse.py EchoPath); ``question`` is
+    played into the microphone over it. Returns the listener's events and whether the reply
+    played to its end."""
+    from tests.support.pulse import EchoPath
+    from tests.support.speech import speak
+    from voicechat.audio.echo import load_echo_canceller
+
+    events: queue.Queue = queue.Queue()
+    seen: list = []
+
+    def heard(event) -> None:
+        seen.append(event)
+        events.put(event)
+
+    room = EchoPath(pulse)
+    try:
+        with Player() as speaker:
+            canceller, warning = load_echo_canceller(echo_cancellation, speaker)
+            assert warning is None
+            listener = Listener(AudioConfig(barge_in=barge_in), heard, speaker, echo=canceller)
+            listener.start()
+            try:
+                speaker.begin()
+                speaker.push(resample(speak(REPLY, "en-us", 150), RATE, DECODER_RATE))
+                speaker.end()
+                if question is not None:
+                    pulse.play(question, RATE)
+                assert speaker.wait(timeout=60)
+                to_the_end = speaker.played_s > 8.0
+                if question is not None:
+                    next_event(events, UtteranceEnded)
+            finally:
+                listener.stop()
+    finally:
+        room.stop()
+    return seen, to_the_end
+
+
+@pytest.mark.slow
+def test_on_open_speakers_the_assistant_does_not_interrupt_itself_with_echo_cancelled(pulse):
+    seen, to_the_end = speak_over_the_room(pulse, echo_cancellation=True, barge_in=None)
+    assert to_the_end
+    assert not [e for e in seen if isinstance(e, (SpeechStarted, UtteranceEnded, Interrupted))]
+    # The same room without the canceller, barge-in forced on: its own echo cuts the reply.
+    seen, to_the_end = speak_over_the_room(pulse, echo_cancellation=False, barge_in=True)
+    assert not to_the_end
+    assert [e for e in seen if isinstance(e, Interrupted) and e.by == "speech"]
+
+
+@pytest.mark.slow
+def test_on_open_speakers_a_question_spoken_over_the_reply_interrupts_it_and_is_captured(pulse):
+    from tests.support.speech import speak
+
+    spoken = 0.5 * speak("Wait, what about oolong tea?", "en-gb+f3", 170)  # as loud as the echo
+    question = np.concatenate([np.zeros(3 * RATE, np.float32), spoken, np.zeros(RATE, np.float32)])
+    seen, to_the_end = speak_over_the_room(pulse, echo_cancellation=True, barge_in=None, question=question)
+    assert not to_the_end
+    (cut,) = [e for e in seen if isinstance(e, Interrupted)]
+    assert cut.by == "speech" and cut.played_s > 2.5  # not before the question began
+    (utterance,) = [e for e in seen if isinstance(e, UtteranceEnded)]
+    score, _ = best_match(utterance.audio.astype(np.float32) / 32768, spoken)
+    assert score > 0.6  # the question, not the echo

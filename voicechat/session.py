@@ -87,6 +87,8 @@ class ConversationSession:
         self._talking = False  # push-to-talk held
         self._talk_heard = False  # speech was detected while it was held
         self._level = -1.0
+        # speech interrupts a reply in progress; the driver sets it once it knows whether echo is cancelled
+        self.barge_in = config.audio.barge_in is True
 
     # --- turn-taking ------------------------------------------------------------------------------
 
@@ -218,7 +220,7 @@ class ConversationSession:
         if isinstance(event, SpeechStarted):
             self._user_speaking = True
             self._talk_heard = self._talk_heard or self._talking
-            if self.busy and self.config.audio.barge_in:
+            if self.busy and self.barge_in:
                 self.interrupt(by="speech")
             if self.state in ("listening", "interrupted"):
                 self.move("hearing", "speech")

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    checks = [*runtime_checks(), audio_check(), *model_checks(config), index_check(config)]
+    checks = [*runtime_checks(), audio_check(), echo_check(config), *model_checks(config), index_check(config)]
     if args.json:
         import json
 
@@ -74,6 +74,17 @@ def audio_check() -> Check:
     return Check("audio devices", ok, f"{inputs} input, {outputs} output",
                  "" if ok else "connect a microphone and speakers, or type questions in the app",
                  required=False)
+
+
+def echo_check(config: Config) -> Check:
+    """Whether the assistant's voice can be taken out of the microphone (barge-in on speakers)."""
+    from voicechat.audio.echo import canceller_status
+
+    if not config.audio.echo_cancellation:
+        return Check("echo cancellation", True, "off (audio.echo_cancellation: false)", required=False)
+    ok, detail = canceller_status()
+    return Check("echo cancellation", ok, detail if ok else f"{detail}; the microphone is ignored while the "
+                 "assistant speaks", "pip install pywebrtc-audio (or reinstall voicechat)", required=False)
 
 
 def model_checks(config: Config) -> list[Check]:
