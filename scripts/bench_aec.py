@@ -56,6 +56,8 @@ from voicechat.config import AudioConfig, VadConfig  # noqa: E402
 RATE = 16000
 BLOCK = 640  # the microphone's 40 ms blocks
 CONVERGED_S = 1.5
+REPLY_DBFS = -20.0  # the reply's speech level
+ECHO_GAIN_DB = -6.0  # the live echo path's gain (tests/support/pulse.py EchoPath)
 REPLIES = [
     "Green tea should steep for two to three minutes in water just below boiling, then the leaves "
     "come out so that the cup does not turn bitter. Black tea takes longer, four or five minutes.",
@@ -343,7 +345,7 @@ def live_report(name: str, trials: int) -> dict:
     factory = CANDIDATES[name]
     server = start_private_server()
     previous = use_server(server)
-    path = EchoPath(server)
+    path = EchoPath(server, gain_db=ECHO_GAIN_DB)
     try:
         return _live_trials(factory, trials, server, name)
     finally:
@@ -359,18 +361,19 @@ def _live_trials(factory, trials: int, server, name: str) -> dict:
     detected: dict[str, list[float | None]] = {"0": [], "-5": []}
     false_interrupts = 0
     for trial in range(trials):
-        reply = level(speak(REPLIES[trial % len(REPLIES)], "en-us", 150), -20)
+        reply = level(speak(REPLIES[trial % len(REPLIES)], "en-us", 150), REPLY_DBFS)
         alone = live_run(factory, reply, None, config, server)
         raw, out = alone["raw"], alone["out"]
         active = slice(int(CONVERGED_S * RATE), int(reply.size))
-        erle.append(db(raw[active]) - db(out[active]))
+        if raw[active].size:  # without a canceller the echo may have cut the reply before
+            erle.append(db(raw[active]) - db(out[active]))
         share.append(vad_share(out[: reply.size]))
         starts_on_echo += len(speech_starts(out[: reply.size]))
         cut += sum(isinstance(e, Interrupted) for e in alone["events"])
         minutes += alone["played_s"] / 60
         costs.append(alone["ms_per_frame"])
         converged.append(alone["converged_after_s"])
-        echo_db = db(raw[active])
+        echo_db = REPLY_DBFS + ECHO_GAIN_DB  # the echo's speech level at the microphone
         text, voice = QUESTIONS[trial % len(QUESTIONS)]
         for ser in (0, -5):
             question = level(speak(text, voice, 170), echo_db + ser)
@@ -383,7 +386,7 @@ def _live_trials(factory, trials: int, server, name: str) -> dict:
             else:
                 detected[str(ser)].append(cuts[0].t - onset if cuts else None)
     return {
-        "erle_db": round(float(np.mean(erle)), 1),
+        "erle_db": round(float(np.mean(erle)), 1) if erle else None,
         "vad_speech_share_on_echo": round(float(np.mean(share)), 3),
         "utterances_started_on_echo_per_min": round(starts_on_echo / (trials * reply.size / RATE / 60), 2),
         "false_barge_ins": cut, "minutes_spoken_alone": round(minutes, 2),
@@ -408,6 +411,16 @@ def _onset(raw: np.ndarray, question: np.ndarray) -> float:
 # --- main -----------------------------------------------------------------------------------------
 
 
+def choice_key(entry: dict) -> tuple:
+    """What matters to the user first: the assistant never cutting itself off, then being cut off
+    promptly, then the question reaching the models intact, then the cost."""
+    runs = [entry[k] for k in ("synthetic", "live") if k in entry]
+    false = sum(r["false_barge_ins_per_min"] or 0 for r in runs)
+    prompt = sum(sum(r["within_300ms"].values()) for r in runs)
+    kept = sum(entry["synthetic"]["near_end_correlation"].values())
+    return (round(false, 1), -prompt, -round(kept, 2), entry["synthetic"]["ms_per_10ms_frame"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--live", action="store_true", help="also measure on PulseAudio virtual devices")
@@ -429,8 +442,9 @@ def main() -> None:
         print(f"{name}: done", file=sys.stderr, flush=True)
     measured = {n: e for n, e in report["candidates"].items() if n != "none" and "synthetic" in e}
     if measured:
-        report["chosen"] = min(measured, key=lambda n: (-measured[n]["synthetic"]["erle_db"] // 3,
-                                                        measured[n]["synthetic"]["ms_per_10ms_frame"]))
+        report["chosen"] = min(measured, key=lambda n: choice_key(measured[n]))
+        report["chosen_by"] = ("fewest false barge-ins, then most questions interrupting within 300 ms, "
+                               "then the user's speech best kept over the echo, then least CPU")
     print(json.dumps(report, indent=2))
 
 

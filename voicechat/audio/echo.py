@@ -8,15 +8,18 @@ stamps and pairs each microphone sample with the far-end sample sent at the mome
 sample arrived. A sound cannot be heard before it is sent, nor arrive before it is captured, so
 the reference leads its echo as long as stamps are never taken for later than they are: a stream's
 samples follow on from its previous block, and move earlier when a block's stamp says so, but
-later only after a gap of ``GAP_S`` (a new reply; a stamp late by a stalled callback is not one).
-Then the reference always leads; by how much (the output and input latencies the devices
+later only after a gap of ``GAP_S`` (a stamp late by a stalled callback is no gap; the player
+reports the silence between replies too). The newest microphone samples wait, up to ``WAIT_S``,
+for the speaker's next block rather than be paired with silence that was never played. Then the
+reference always leads; by how much (the output and input latencies the devices
 report, plus the room or a sound server's buffering) is given to WebRTC's AEC3 as the stream
 delay, and its own delay estimator finds the rest.
 
-AEC3 comes from pywebrtc-audio (chosen over livekit's AudioProcessingModule by
-scripts/bench_aec.py: the same canceller in a wheel of 0.4 MB instead of 12 MB, for less CPU per
-frame). Without it, :func:`load_echo_canceller` says so in one line and the conversation stays
-half-duplex.
+AEC3 comes from pywebrtc-audio, chosen over livekit's AudioProcessingModule by
+scripts/bench_aec.py: fewer false barge-ins and quicker true ones on a live loopback, the user's
+speech better kept over the echo, less CPU per frame, and a 0.4 MB wheel instead of 12 MB (both
+Apache-2.0; webrtc-apm has Windows wheels only). Without it, :func:`load_echo_canceller` says so
+in one line and the conversation stays half-duplex.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ FRAME = MODEL_RATE // 100  # AEC3 works on 10 ms frames
 TIMELINE_S = 4.0  # played audio kept for pairing; far more than any device latency
 GAP_S = 0.5  # a block stamped this much later than where the previous one ended starts anew
 WAIT_S = 0.2  # microphone audio waits at most this long for the played audio it is paired with
+
 
 class Apm(Protocol):
     """An acoustic echo canceller: near (microphone) and far (played) int16 audio at 16 kHz, the
