@@ -251,3 +251,103 @@ def test_finished_question_into_the_microphone_ends_before_the_silence_wait(puls
     assert utterance.reason == "complete"
     assert utterance.decision_delay - utterance.model_s < config.vad.trailing_ms / 1000
     assert best_match(utterance.audio.astype(np.float32) / 32768, spoken)[0] > 0.99
+
+
+REPLY = ("Green tea should steep for two to three minutes in water just below boiling, then the leaves "
+         "come out so that the cup does not turn bitter. Black tea takes longer, four or five minutes.")
+
+
+def speak_over_the_room(pulse, echo_cancellation: bool, barge_in: bool | None, question: np.ndarray | None = None):
+    """The assistant speaks a reply through the virtual speaker, which loops back into the virtual
+    microphone 60 ms late and 6 dB quieter (tests/support/pulse.py EchoPath); ``question`` is
+    played into the microphone over it, 3 s in, and waited for. Returns the listener's events, what the microphone heard
+    and what the listener heard (the cleaned audio, recorded as push-to-talk records it)."""
+    from tests.support.pulse import MIC_RATE, MIC_SINK, EchoPath
+    from tests.support.speech import speak
+    from voicechat.audio.echo import load_echo_canceller
+
+    events: queue.Queue = queue.Queue()
+    seen: list = []
+
+    def heard(event) -> None:
+        seen.append(event)
+        events.put(event)
+
+    room = EchoPath(pulse)
+    microphone = pulse.record(source=f"{MIC_SINK}.monitor", rate=MIC_RATE)
+    assert microphone.wait_for_bytes(1)
+    try:
+        with Player() as speaker:
+            canceller, warning = load_echo_canceller(echo_cancellation, speaker)
+            assert warning is None
+            listener = Listener(AudioConfig(barge_in=barge_in), heard, speaker, echo=canceller)
+            listener.start()
+            listener.start_recording()
+            try:
+                speaker.begin()
+                speaker.push(resample(speak(REPLY, "en-us", 150), RATE, DECODER_RATE))
+                speaker.end()
+                if question is not None:
+                    pulse.play(np.concatenate([np.zeros(3 * RATE, np.float32), question, np.zeros(RATE, np.float32)]), RATE)
+                assert speaker.wait(timeout=60)
+                deadline = time.monotonic() + 30  # the question has ended by then
+                while question is not None and time.monotonic() < deadline and not any(
+                        isinstance(e, UtteranceEnded) and best_match(e.audio / 32768, question)[0] > 0.6 for e in seen):
+                    try:
+                        events.get(timeout=1)
+                    except queue.Empty:
+                        pass
+            finally:
+                cleaned = listener.stop_recording().astype(np.float32) / 32768
+                listener.stop()
+    finally:
+        room.stop()
+    return seen, microphone.stop(), cleaned
+
+
+def speech_level_db(samples: np.ndarray, skip_s: float = 2.0) -> float:
+    """Mean power from ``skip_s`` after the first sound on (the canceller has learnt the room)."""
+    loud = np.flatnonzero(np.abs(samples) > 1e-3)
+    part = samples[loud[0] + int(skip_s * RATE):] if loud.size else samples
+    return float(10 * np.log10(np.mean(np.square(part, dtype=np.float64)) + 1e-20))
+
+
+@pytest.mark.slow
+def test_on_open_speakers_the_echo_canceller_takes_the_reply_out_of_the_microphone(pulse):
+    seen, heard, cleaned = speak_over_the_room(pulse, echo_cancellation=True, barge_in=None)
+    assert speech_level_db(heard) - speech_level_db(cleaned) > 15  # dB of echo removed
+    # The same room without the canceller, barge-in forced on: its own echo cuts the reply at once.
+    seen, _, _ = speak_over_the_room(pulse, echo_cancellation=False, barge_in=True)
+    (cut,) = [e for e in seen if isinstance(e, Interrupted)]
+    assert cut.by == "speech" and cut.played_s < 2.0
+
+
+@pytest.mark.slow
+def test_on_open_speakers_a_question_spoken_over_the_reply_interrupts_it(pulse):
+    from tests.support.speech import speak
+
+    spoken = 0.5 * speak("Wait, what about oolong tea?", "en-gb+f3", 170)  # as loud as the echo
+    seen, _, _ = speak_over_the_room(pulse, echo_cancellation=True, barge_in=None, question=spoken)
+    (cut,) = [e for e in seen if isinstance(e, Interrupted)]
+    assert cut.by == "speech" and cut.played_s < 8.0  # the reply is 11.7 s long
+
+
+def test_the_player_reports_every_block_it_sends_with_when_it_sent_it(pulse):
+    from voicechat.audio.echo import PlayedAudio
+
+    reply = resample(question("en"), RATE, DECODER_RATE)
+    with Player() as speaker:
+        speaker.played = PlayedAudio()
+        began = time.monotonic()
+        speaker.begin()
+        speaker.push(reply)
+        speaker.end()
+        assert speaker.wait(timeout=30)
+        blocks = speaker.played.take()
+    stamps = [t for t, _, _, _ in blocks]
+    assert began <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= time.monotonic()
+    assert {rate for _, _, rate, _ in blocks} == {speaker.rate}
+    assert all(delay > 0 for _, _, _, delay in blocks)  # the device's output latency
+    sent = np.concatenate([samples for _, samples, _, _ in blocks])
+    score, _ = best_match(sent, resample(reply, DECODER_RATE, speaker.rate))
+    assert score > 0.999  # what reached the device, silence between replies included

@@ -258,7 +258,8 @@ class AudioConfig:
     # an index or a part of the name (see `voicechat devices`); None: the system default
     input_device: str | int | None = field(default=None, metadata=_range(0, None))
     output_device: str | int | None = field(default=None, metadata=_range(0, None))
-    barge_in: bool = False  # speech during playback interrupts it (use headphones)
+    echo_cancellation: bool = True  # take the assistant's voice out of the microphone (WebRTC AEC3)
+    barge_in: bool | None = None  # speech during playback interrupts it; None: when echo is cancelled
     echo_tail_ms: int = field(default=300, metadata=_range(0, 5000))  # half-duplex: deaf after playback
     capture_block_ms: int = field(default=40, metadata=_range(5, 200))  # 40: <2% CPU idle
     turn: Literal["silence", "smart"] = "smart"  # how the end of a question is decided

@@ -205,16 +205,21 @@ class LiveConversation:
         if not self.use_audio:
             self.emit(Notice("no microphone: press / to type your questions"))
             return
+        from voicechat.audio.echo import load_echo_canceller
         from voicechat.audio.listener import Listener
         from voicechat.audio.turn import load_turn_detector
 
         turn, warning = load_turn_detector(self.config)  # audio.turn: smart
         if warning:
             self.emit(Notice(warning))
-        listener = Listener(self.config.audio, self.session.on_audio, self.player, turn=turn)
+        echo, warning = load_echo_canceller(self.config.audio.echo_cancellation, self.player)
+        if warning:
+            self.emit(Notice(warning))
+        listener = Listener(self.config.audio, self.session.on_audio, self.player, turn=turn, echo=echo)
         try:
             listener.start()
             self.listener = listener
+            self.session.barge_in = listener.barge_in
         except AudioError as error:
             self.emit(StageFailed(stage="microphone", message=f"{error}; type your questions instead"))
 

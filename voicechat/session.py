@@ -95,6 +95,8 @@ class ConversationSession:
         self._level = -1.0
         self._turn_probability: float | None = None
         self._prepared: tuple[Paused, TurnInput] | None = None  # the reply prepared in the user's pause
+        # speech interrupts a reply in progress; the driver sets it once it knows whether echo is cancelled
+        self.barge_in = config.audio.barge_in is True
 
     # --- turn-taking ------------------------------------------------------------------------------
 
@@ -239,7 +241,7 @@ class ConversationSession:
             self._drop_prepared()  # an utterance that never ended (the microphone went deaf)
             self._user_speaking = True
             self._talk_heard = self._talk_heard or self._talking
-            if self.busy and self.config.audio.barge_in:
+            if self.busy and self.barge_in:
                 self.interrupt(by="speech")
             if self.state in ("listening", "interrupted"):
                 self.move("hearing", "speech")

@@ -130,6 +130,40 @@ class Recording:
         return self.samples()
 
 
+class EchoPath:
+    """The virtual speaker heard by the virtual microphone, as from a loudspeaker across a desk:
+    PulseAudio's loopback plays what ``vc_speaker`` plays into ``vc_mic`` (where it mixes with
+    whatever else is played there), ``latency_ms`` late and ``gain_db`` quieter. (A room's
+    reverberation is added in memory by the tests that need it: a relay through parec and pacat
+    drops and repeats blocks under load, and an echo path that jumps is no room.)"""
+
+    def __init__(self, server: PulseServer, gain_db: float = -6.0, latency_ms: int = 60) -> None:
+        self.server = server
+        self.module = server.pactl("load-module", "module-loopback", f"source={SPEAKER}.monitor",
+                                   f"sink={MIC_SINK}", f"latency_msec={latency_ms}",
+                                   "source_dont_move=true", "sink_dont_move=true").strip()
+        for line in server.pactl("list", "short", "sink-inputs").splitlines():
+            index, owner = line.split("\t")[:2]
+            if owner == self.module:
+                server.pactl("set-sink-input-volume", index, f"{gain_db}dB")
+
+    def stop(self) -> None:
+        self.server.pactl("unload-module", self.module)
+
+
+def room_response(gain: float = 0.5, rt60_s: float = 0.25, reverb: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A room impulse response at 16 kHz: a direct path of ``gain`` after 1 ms, then exponentially
+    decaying diffuse reflections (reverberation time ``rt60_s``) carrying ``reverb`` times the
+    direct path's energy."""
+    rng = np.random.default_rng(seed)
+    length = int(rt60_s * MIC_RATE)
+    response = rng.standard_normal(length) * np.exp(-6.9 * np.arange(length) / length)  # -60 dB over rt60
+    response[: MIC_RATE // 1000 + 1] = 0.0
+    response *= np.sqrt(reverb / np.sum(response**2))
+    response[MIC_RATE // 1000] = 1.0
+    return (gain * response).astype(np.float64)
+
+
 def start_private_server() -> PulseServer:
     if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
         pytest.skip("PulseAudio (pulseaudio, pulseaudio-utils) is not installed")

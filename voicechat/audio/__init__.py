@@ -11,7 +11,9 @@ How a conversation uses it::
     speaker.push(chunk)         # then end(); flush() or listener.interrupt() cut it, and
     speaker.end()               # speaker.played_s says how much the user heard
 
-Half-duplex by default: while a reply plays the microphone starts no turn. With
-``audio.barge_in`` speech during playback interrupts it. After DeviceFailed, ``listener.start()``
-(optionally with another device) reopens the microphone.
+With an echo canceller (``load_echo_canceller(enabled, speaker)``, given to the Listener as
+``echo=``) the microphone is heard with the assistant's voice taken out, and speech during
+playback interrupts it. Without one, half-duplex unless ``audio.barge_in: true``: while a reply
+plays the microphone starts no turn. After DeviceFailed, ``listener.start()`` (optionally with
+another device) reopens the microphone.
 """

@@ -88,6 +88,11 @@ class Capture:
             "stopped); reconnect it or choose another device with audio.input_device"
         )
 
+    @property
+    def latency_s(self) -> float:
+        """The input latency the device reports."""
+        return float(self._stream.latency) if self._stream is not None else 0.0
+
     def close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:

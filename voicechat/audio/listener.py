@@ -1,11 +1,16 @@
 """Listening while the assistant may be speaking: microphone -> endpointer in a thread, with the
 turn-taking rule between the user's voice and the assistant's playback.
 
-Half-duplex (the default): while a reply plays, and for ``echo_tail_ms`` after it, the microphone
-is ignored, because with loudspeakers it hears the assistant. With ``barge_in`` (headphones),
-speech during playback interrupts it: playback is flushed, ``on_interrupt`` is called so the
-engine cancels the reply, and the new utterance is captured from its pre-roll as usual.
-:meth:`Listener.interrupt` does the same for a key press.
+With an :class:`~voicechat.audio.echo.EchoCanceller`, everything downstream (the endpointer, the
+turn model, push-to-talk recordings, and so the speech tokenizer and SONAR) hears the microphone
+with the assistant's voice taken out, and barge-in is on unless ``audio.barge_in: false`` (from
+the moment the canceller has learnt the echo path; half-duplex until then): speech during
+playback interrupts it: playback is flushed, ``on_interrupt`` is called so the engine
+cancels the reply, and the new utterance is captured from its pre-roll as usual.
+
+Without one, half-duplex (unless ``audio.barge_in: true``, for headphones): while a reply plays,
+and for ``echo_tail_ms`` after it, the microphone is ignored, because with loudspeakers it hears
+the assistant. :meth:`Listener.interrupt` cuts a reply for a key press either way.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from voicechat.audio.capture import Capture
+from voicechat.audio.echo import EchoCanceller
 from voicechat.audio.endpointer import Endpointer
 from voicechat.audio.events import AudioEvent, DeviceFailed, Interrupted, SpeechStarted
 from voicechat.audio.resample import MODEL_RATE
@@ -49,8 +55,10 @@ class Listener:
         speaker: Speaker | None = None,
         on_interrupt: Callable[[], None] | None = None,
         turn: TurnDetector | None = None,
+        echo: EchoCanceller | None = None,
     ) -> None:
         self.config = config
+        self.echo = echo  # the assistant's voice taken out of the microphone; None: not available
         self.turn = turn  # the learned end of turn (audio.turn: smart); None: silence alone
         self.on_event = on_event
         self.speaker = speaker
@@ -71,10 +79,17 @@ class Listener:
                           block_ms=self.config.capture_block_ms)
         capture.open()
         self.capture = capture
+        if self.echo is not None:
+            self.echo.input_latency_s = capture.latency_s
         self.endpointer = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="voicechat-listener", daemon=True)
         self._thread.start()
+
+    @property
+    def barge_in(self) -> bool:
+        """Speech during playback interrupts it: audio.barge_in, else whether echo is cancelled."""
+        return self.config.barge_in if self.config.barge_in is not None else self.echo is not None
 
     def stop(self) -> None:
         self._stop.set()
@@ -119,6 +134,10 @@ class Listener:
             self.on_event(DeviceFailed(t=time.monotonic(), message=str(error)))
 
     def _block(self, samples: np.ndarray, t_end: float) -> None:
+        if self.echo is not None:
+            samples, t_end = self.echo.process(samples, t_end)
+            if not samples.size:
+                return
         with self._recording_lock:
             if self._recording is not None:
                 self._recording.append(samples)
@@ -136,7 +155,9 @@ class Listener:
             self.on_event(event)
 
     def _half_duplex_deaf(self, now: float) -> bool:
-        if self.config.barge_in or self.speaker is None:
+        if self.speaker is None or self.config.barge_in is True:
+            return False
+        if self.barge_in and self.echo.converged:  # not before the canceller has learnt the room
             return False
         if self.speaker.playing:
             self._deaf_until = now + self.config.echo_tail_ms / 1000

@@ -18,6 +18,7 @@ import numpy as np
 
 from voicechat.audio import devices
 from voicechat.audio.devices import DeviceInfo
+from voicechat.audio.echo import PlayedAudio
 from voicechat.audio.resample import StreamResampler
 from voicechat.config import PlaybackConfig
 from voicechat.errors import AudioError
@@ -172,6 +173,7 @@ class Player:
         self._buffer = JitterBuffer(0, 0)
         self._resampler: StreamResampler | None = None
         self._accepting = False
+        self.played: PlayedAudio | None = None  # set by an echo canceller: every block sent is told there
 
     def open(self) -> Player:
         sd = devices.sounddevice()
@@ -201,11 +203,17 @@ class Player:
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status.output_underflow:
             self.device_underflows += 1
+        now = time.monotonic()
         if not self._buffer.active:  # between replies: silence at the least cost per block
             outdata.fill(0)
+            if self.played is not None:
+                self.played.add(now, np.zeros(frames, np.float32), self.rate, self.latency_s)
             return
         delay = max(0.0, time_info.outputBufferDacTime - time_info.currentTime)
-        outdata[:] = self._buffer.read(frames, time.monotonic() + delay)[:, None]  # same on every channel
+        block = self._buffer.read(frames, now + delay)
+        outdata[:] = block[:, None]  # same on every channel
+        if self.played is not None:
+            self.played.add(now, block, self.rate, delay or self.latency_s)
 
     # --- what the engine calls --------------------------------------------------------------------
 

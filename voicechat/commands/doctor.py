@@ -26,10 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    checks = [*runtime_checks(), audio_check(), echo_check(config)]
     if config.engine.url:  # the models and the index are on the engine server's machine
-        checks = [*runtime_checks(), audio_check(), engine_check(config)]
+        checks.append(engine_check(config))
     else:
-        checks = [*runtime_checks(), audio_check(), *model_checks(config), index_check(config)]
+        checks += [*model_checks(config), index_check(config)]
     if args.json:
         import json
 
@@ -99,6 +100,17 @@ def engine_check(config: Config) -> Check:
     if models.get("knowledge"):
         detail += f", knowledge {models['knowledge']}"
     return Check("remote engine", True, detail)
+
+
+def echo_check(config: Config) -> Check:
+    """Whether the assistant's voice can be taken out of the microphone (barge-in on speakers)."""
+    from voicechat.audio.echo import canceller_status
+
+    if not config.audio.echo_cancellation:
+        return Check("echo cancellation", True, "off (audio.echo_cancellation: false)", required=False)
+    ok, detail = canceller_status()
+    return Check("echo cancellation", ok, detail if ok else f"{detail}; the microphone is ignored while the "
+                 "assistant speaks", "pip install pywebrtc-audio (or reinstall voicechat)", required=False)
 
 
 def model_checks(config: Config) -> list[Check]:
