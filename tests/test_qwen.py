@@ -247,3 +247,28 @@ def test_interrupting_a_reply_stops_its_text_and_audio(tiny_qwen_config: Config,
     assert result.finished.interrupted
     finished = [e for e in events if isinstance(e, TurnFinished)]
     assert len(finished) == 1
+
+
+# --- voice presets ------------------------------------------------------------------------------------------
+
+
+def test_the_voice_cycle_offers_only_qwen_presets_and_each_speaks_as_its_speaker(
+        tiny_qwen_config: Config, parts: Components) -> None:
+    import dataclasses
+
+    from voicechat.session import ConversationSession
+
+    config = dataclasses.replace(tiny_qwen_config, retrieval=dataclasses.replace(tiny_qwen_config.retrieval, rag="off"))
+    events: list[Event] = []
+    session = ConversationSession(config, events.append, save=False)
+    session.ready(parts)
+    offered = []
+    for _ in range(3):
+        session.cycle_voice()
+        offered.append(session.settings.voice)
+    assert offered == ["chelsie", "ethan", "default"]
+    session.set_voice("calm")  # a GLM-4-Voice preset
+    assert session.settings.voice == "default"
+    session.set_voice("ethan")
+    result = session.run_turn(TurnInput(text="Where is the library?"))
+    assert result.reply_audio.size > 0 and parts.decoder.voice == "Ethan"
