@@ -138,6 +138,27 @@ def talker_codes(model, ids, features, max_codes: int) -> list[int]:
 # --- loading ------------------------------------------------------------------------------------------
 
 
+def test_the_published_config_is_read_without_transformers_warning_about_its_mrope_sections(
+        tiny_qwen_models_dir: Path) -> None:
+    import logging
+
+    from voicechat.qwen.checkpoint import read_config
+
+    folder = tiny_qwen_models_dir / "qwen2.5-omni"
+    on_disk = json.loads((folder / "config.json").read_text())["thinker_config"]["text_config"]["rope_scaling"]
+    warnings: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        config = read_config(folder)
+    finally:
+        logger.removeHandler(handler)
+    assert [w.getMessage() for w in warnings] == []
+    assert config.thinker_config.text_config.rope_scaling["mrope_section"] == on_disk["mrope_section"] == [2, 3, 3]
+
+
 def broken_copy(source: Path, tmp_path: Path, change) -> Path:
     """A copy of the tiny models' config whose Qwen checkpoint ``change`` breaks."""
     import yaml

@@ -174,8 +174,13 @@ def omni_config(size: str, ids: dict[str, int], variant: str = "7B") -> Any:
     # vision_start_token_id is read even for audio-only input
     thinker = dict(text_config=text, audio_config=audio, vision_config=vision, **token_ids,
                    vision_start_token_id=ids["<|vision_bos|>"])
-    return Qwen2_5OmniConfig(thinker_config=thinker, talker_config=dict(talker, **token_ids, **tts),
-                             token2wav_config=token2wav, enable_audio_output=True)
+    # The thinker's M-RoPE sections are set after transformers has validated rope_scaling, which
+    # does not know the key and would warn (as the checkpoint reader does).
+    sections = text["rope_scaling"].pop("mrope_section")
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=dict(talker, **token_ids, **tts),
+                               token2wav_config=token2wav, enable_audio_output=True)
+    config.thinker_config.text_config.rope_scaling["mrope_section"] = sections
+    return config
 
 
 def speakers(config: Any, ids: dict[str, int], generator: Any) -> dict[str, dict[str, Any]]:
