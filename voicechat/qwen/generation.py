@@ -86,7 +86,7 @@ class OmniStream:
         audio_ids = [i for i in prompt_ids if i >= AudioRows.BASE]
         if audio_ids:
             self.rows.forget_before(min(audio_ids))
-        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
+        generator = torch.Generator(self.device).manual_seed(params.seed if params.seed is not None else 0)
         with torch.inference_mode():
             yield from self._run(prompt_ids, params, speaker, cancel, generator)
 

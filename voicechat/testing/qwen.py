@@ -88,6 +88,29 @@ def write_omni(folder: Path, size: str = "tiny", seed: int = 0, variant: str = "
     return folder
 
 
+def build_in_memory(folder: Path, size: str, variant: str, device: Any, dtype: Any,
+                    seed: int = 0) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """(model, speakers) with random weights drawn directly on ``device`` in ``dtype`` (token2wav in
+    float32, as the loader keeps it); only the tokenizer and preprocessor files go to ``folder``.
+    For benchmarks: a full-size model is never written to disk."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = write_tokenizer(folder)
+    write_feature_extractor(folder)
+    config = omni_config(size, ids, variant)
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = build(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.token2wav.float()
+    return model, speakers(config, ids, torch.Generator().manual_seed(seed), size)
+
+
 def build(config: Any) -> Any:
     import torch
     from transformers import Qwen2_5OmniForConditionalGeneration
