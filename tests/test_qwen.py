@@ -293,3 +293,39 @@ def test_the_voice_cycle_offers_only_qwen_presets_and_each_speaks_as_its_speaker
     session.set_voice("ethan")
     result = session.run_turn(TurnInput(text="Where is the library?"))
     assert result.reply_audio.size > 0 and parts.decoder.voice == "Ethan"
+
+
+# --- the thinker's cache across turns ----------------------------------------------------------------------
+
+
+def test_the_next_turn_computes_only_its_own_tokens_and_streams_the_same_ids_as_without_the_cache(
+        parts: Components) -> None:
+    from voicechat.glm.prompt import Conversation
+
+    backend = parts.backend
+    backend.talker_temperature = 0.0
+    params = SamplingParams(temperature=0.0, max_new_tokens=6, stop_ids=(parts.text_tokenizer.special.user,))
+    computed: list[int] = []
+    hook = backend.thinker.model.register_forward_hook(lambda module, args, kwargs, out: computed.append(
+        kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        backend.close()
+        history = Conversation()
+        first = parts.prompts.build(history, text="Where is the library?", max_tokens=4096)
+        reply = list(backend.stream(first.ids, params, threading.Event()))
+        history.add(first, reply)
+        second = parts.prompts.build(history, text="What time does the museum open?", max_tokens=4096)
+        assert second.ids[:len(first.ids)] == first.ids
+        computed.clear()
+        reused = list(backend.stream(second.ids, params, threading.Event()))
+        prefill_with_cache = computed[0]
+        backend.close()  # forget: the same prompt computed whole
+        computed.clear()
+        whole = list(backend.stream(second.ids, params, threading.Event()))
+        prefill_without = computed[0]
+    finally:
+        hook.remove()
+        backend.talker_temperature = 0.9
+    assert reused == whole and any(i >= parts.text_tokenizer.special.audio_offset for i in whole)
+    assert prefill_without == len(second.ids)
+    assert prefill_with_cache < len(second.ids) - len(first.ids)  # the first turn and its reply were kept
