@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ def main() -> int:
                         help="GLM-4-Voice in the same run (see above)")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--text-tokens", type=int, default=60, help="thinker tokens per reply at most")
+    parser.add_argument("--reply-codes", type=int, default=REPLY_CODES,
+                        help="codes of the reply token2wav's real-time factor is measured on (50 per second)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the JSON here, after every part of the run")
@@ -89,8 +92,10 @@ def main() -> int:
         report["glm_4_voice"] = guarded(lambda: glm(args))
         gc.collect()
         save()
-    report["qwen2_5_omni"] = guarded(lambda: QwenBench(args).run(save))
-    save()
+    qwen = report["qwen2_5_omni"] = {}
+    failed = guarded(lambda: QwenBench(args).run(qwen, save))
+    if failed:
+        qwen.update(failed)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -112,7 +117,7 @@ def glm(args: argparse.Namespace) -> dict[str, Any]:
     size = "full" if args.glm in ("full", "decoder") else "tiny"
     options = Namespace(size=size, device=args.device, turns=args.turns,
                         steps=2 * (BENCH_GPU.TEXT_RUN + BENCH_GPU.SPEECH_RUN),
-                        reply_tokens=round(REPLY_CODES / 50 * 12.5),  # the same 10 s: 12.5 tokens per second
+                        reply_tokens=round(args.reply_codes / 50 * 12.5),  # as long: 12.5 tokens per second
                         max_cache=4096, budget_s=1e9, reference=BENCH_GPU.REFERENCE, threads=args.threads,
                         seed=args.seed, out=None)
     bench = BENCH_GPU.Bench(options)
@@ -160,6 +165,24 @@ class ForwardTimer:
         return taken
 
 
+def speakable_codes_only(model: Any, max_code: int) -> None:
+    """Random weights choose any of the talker's 8448 ids; a trained talker only the codes token2wav
+    speaks (0-8192) and its end codes. The talker's head is masked to those, for this benchmark only."""
+    import torch
+
+    from voicechat.qwen.generation import TALKER_END_CODES
+
+    vocab = model.talker.codec_head.out_features
+    banned = torch.ones(vocab, dtype=torch.bool)
+    banned[: max_code + 1] = False
+    banned[list(TALKER_END_CODES)] = False
+
+    def mask(module: Any, inputs: Any, logits: Any) -> Any:
+        return logits.masked_fill(banned.to(logits.device), -float("inf"))
+
+    model.talker.codec_head.register_forward_hook(mask)
+
+
 class QwenBench:
     def __init__(self, args: argparse.Namespace) -> None:
         import torch
@@ -173,14 +196,16 @@ class QwenBench:
         self.scratch = tempfile.TemporaryDirectory()
         self.torch = torch
 
-    def run(self, save) -> dict[str, Any]:
-        result: dict[str, Any] = {}
+    def run(self, result: dict[str, Any], save) -> None:
+        """Fills ``result`` part by part, saving after each: a run cut short keeps what it measured."""
         result["build"] = self.build()
         save()
         result["turns"] = self.turns()
         save()
+        result["token2wav_first_chunk"] = self.first_chunks()
+        save()
         result["token2wav_reply"] = self.token2wav_reply()
-        return result
+        save()
 
     def build(self) -> dict[str, Any]:
         from voicechat.config import GenerationConfig, QwenConfig
@@ -195,6 +220,7 @@ class QwenBench:
         self.model = model.eval()
         self.parts = qwen_parts(model, speakers, Path(self.scratch.name), QwenConfig(talker_temperature=0.9),
                                 GenerationConfig())
+        speakable_codes_only(model, self.parts.decoder.max_code)
         self.thinker_timer = ForwardTimer(model.thinker.model, self.clock)
         self.talker_timer = ForwardTimer(model.talker.model, self.clock)
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
@@ -289,9 +315,9 @@ class QwenBench:
     # --- token2wav ---------------------------------------------------------------------------------
 
     def token2wav_reply(self) -> dict[str, Any]:
-        """A 10 s reply's codes pushed one at a time; each push that releases audio is a chunk."""
+        """A reply's codes (10 s by default) pushed one at a time; each push that releases audio is a chunk."""
         d = self.parts.decoder
-        codes = [(37 * n) % 8192 for n in range(REPLY_CODES)]
+        codes = [(37 * n) % 8192 for n in range(self.args.reply_codes)]
         chunks, samples = [], 0
         session = d.session()
         for n, code in enumerate(codes):
@@ -311,6 +337,25 @@ class QwenBench:
                 "settings": {"first_chunk_blocks": s.first_chunk_blocks, "chunk_blocks": s.chunk_blocks,
                              "look_back_blocks": s.look_back, "look_ahead_blocks": s.look_ahead,
                              "vocoder_context_frames": s.vocoder_context, "ode_steps": s.num_steps}}
+
+    def first_chunks(self) -> dict[str, Any]:
+        """The first chunk with 1 and 2 blocks: codes it waits for, its time, the audio it releases
+        (BigVGAN keeps vocoder_context frames back until their right context is final)."""
+        from voicechat.qwen.token2wav import Token2Wav
+
+        d = self.parts.decoder
+        results = {}
+        for blocks in (1, 2):
+            decoder = Token2Wav(self.model.token2wav, d.voices, d.voice,
+                                replace(d.settings, first_chunk_blocks=blocks), d.seed)
+            session = decoder.session()
+            needed = (blocks + d.settings.look_ahead) * d.block_codes
+            session.push([(37 * n) % 8192 for n in range(needed - 1)])
+            start = self.clock.now()
+            out = session.push([0])
+            results[f"{blocks}_block"] = {"codes_waited_for": needed, "ms": round(1000 * (self.clock.now() - start), 3),
+                                          "audio_ms": round(1000 * len(out) / d.sample_rate, 1)}
+        return results
 
 
 if __name__ == "__main__":

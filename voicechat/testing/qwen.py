@@ -99,16 +99,28 @@ def build_in_memory(folder: Path, size: str, variant: str, device: Any, dtype: A
     ids = write_tokenizer(folder)
     write_feature_extractor(folder)
     config = omni_config(size, ids, variant)
-    torch.manual_seed(seed)
+    from transformers import Qwen2_5OmniForConditionalGeneration
+    from transformers.modeling_utils import no_init_weights
+
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
-            model = build(config)
+        with torch.device(device), no_init_weights():  # drawn once below, not twice on construction
+            model = Qwen2_5OmniForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.02, generator=generator)
+            else:  # norm scales 1, biases and the vocoder's log-scale activations 0
+                parameter.fill_(1.0 if name.endswith("norm.weight") or "layernorm" in name else 0.0)
+        for module in model.token2wav.code2wav_bigvgan_model.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                module.reset_parameters()
     model.token2wav.float()
-    return model, speakers(config, ids, torch.Generator().manual_seed(seed), size)
+    return model.eval(), speakers(config, ids, torch.Generator().manual_seed(seed), size)
 
 
 def build(config: Any) -> Any:
