@@ -172,6 +172,32 @@ def test_built_in_voice_presets_are_available() -> None:
     assert config.voice_preset("brisk").generation.max_new_tokens == 600
 
 
+def test_each_voice_model_offers_only_its_own_voice_presets() -> None:
+    glm, qwen = Config(), Config(voice_model="qwen2.5-omni")
+    assert list(glm.model_voices) == ["default", "calm", "cheerful", "brisk", "slow-and-clear", "storyteller",
+                                      "mandarin"]
+    assert list(qwen.model_voices) == ["default", "chelsie", "ethan"]
+
+
+def test_a_voice_preset_of_the_other_voice_model_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "voice: chelsie\n")
+    assert error_of(path) == f"{path}: voice preset 'chelsie' is not for glm-4-voice; choose one of: default, calm, " \
+                             "cheerful, brisk, slow-and-clear, storyteller, mandarin"
+    qwen = write(tmp_path, "voice_model: qwen2.5-omni\nvoice: calm\n")
+    assert error_of(qwen) == f"{qwen}: voice preset 'calm' is not for qwen2.5-omni; choose one of: default, " \
+                             "chelsie, ethan"
+    assert load_config(qwen, {"voice": "ethan"}).voice_preset().speaker == "Ethan"
+
+
+def test_a_user_preset_with_a_speaker_is_for_qwen_and_cannot_be_for_glm(tmp_path: Path) -> None:
+    path = write(tmp_path, "voices:\n  soft-ethan:\n    description: Ethan.\n    speaker: Ethan\n")
+    config = load_config(path)
+    assert "soft-ethan" not in config.model_voices
+    assert "soft-ethan" in load_config(path, {"voice_model": "qwen2.5-omni"}).model_voices
+    wrong = write(tmp_path, "voices:\n  x:\n    description: X.\n    speaker: Ethan\n    voice_model: glm-4-voice\n")
+    assert "voices.x: a speaker is a Qwen2.5-Omni voice" in error_of(wrong)
+
+
 def test_user_preset_is_added_next_to_the_built_in_ones(tmp_path: Path) -> None:
     path = write(tmp_path, "voice: whisper\nvoices:\n  whisper:\n    description: Quiet.\n"
                            "    instruction: Speak softly.\n    generation: {temperature: 0.3}\n")

@@ -42,7 +42,7 @@ def test_results_file_drops_a_line_cut_short_by_an_interruption(tmp_path: Path) 
     path = tmp_path / RESULTS
     path.write_text('{"id": "q1", "mode": "e2e"}\n{"id": "q2", "mo', encoding="utf-8")
     results = ResultsFile(path)
-    assert results.done == {("q1", "e2e")}
+    assert results.done == {("q1", "e2e", "glm-4-voice")}  # written before there was a choice: GLM-4-Voice
     results.append({"id": "q2", "mode": "e2e"})
     assert [r["id"] for r in _lines(path)] == ["q1", "q2"]
 
@@ -236,3 +236,70 @@ def test_own_folder_errors_are_one_line_before_any_model_runs(
     no_audio.write_text('{"id": "a", "text": "Where is tea grown?"}\n', encoding="utf-8")
     assert main(base + [str(no_audio), "--out", str(tmp_path / "r3")]) == 2
     assert "not a manifest entry with id and audio" in capsys.readouterr().err
+
+
+def _both_voice_models(tmp_path: Path, glm_dir: Path, qwen_dir: Path) -> Path:
+    """One config with the tiny GLM-4-Voice and the tiny Qwen2.5-Omni (and their retrieval models)."""
+    import yaml
+
+    config = yaml.safe_load((glm_dir / "config.yaml").read_text())
+    qwen = yaml.safe_load((qwen_dir / "config.yaml").read_text())
+    config["models"]["omni"] = qwen["models"]["omni"]
+    config["qwen"] = qwen["qwen"]
+    config["generation"] = {"max_new_tokens": 40}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_the_same_questions_through_both_voice_models_side_by_side(
+        tmp_path: Path, tiny_models_dir: Path, tiny_qwen_models_dir: Path) -> None:
+    speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
+    out = tmp_path / "run"
+    config = _both_voice_models(tmp_path, tiny_models_dir, tiny_qwen_models_dir)
+    args = ["--config", str(config), "eval", "hotpotqa", str(DATA / "hotpot_small.json"), "--speech", str(speech),
+            "--modes", "e2e,norag", "--limit", "1", "--voice-models", "glm-4-voice,qwen2.5-omni", "--out", str(out)]
+    assert main(args) == 0
+    records = _lines(out / RESULTS)
+    assert [(r["voice_model"], r["mode"]) for r in records] == [
+        ("glm-4-voice", "e2e"), ("glm-4-voice", "norag"), ("qwen2.5-omni", "e2e"), ("qwen2.5-omni", "norag")]
+    glm, qwen = records[0], records[2]
+    assert glm["retrieved"] == qwen["retrieved"] and len(glm["retrieved"]) == 3  # retrieval is the voice models'
+    assert all(r["reply"] and r["timings"]["first_audio_ms"] > 0 for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["voice_models"]) == ["glm-4-voice", "qwen2.5-omni"] == summary["run"]["voice_models"]
+    assert all(rows["e2e"]["questions"] == 1 and rows["e2e"]["recall"] == 1.0
+               for rows in summary["voice_models"].values())
+    assert not summary["progress"]["partial"]
+    markdown = (out / "summary.md").read_text()
+    assert "| glm-4-voice | e2e | 1 |" in markdown and "| qwen2.5-omni | norag | 1 |" in markdown
+    assert "Voice models side by side" in markdown
+    assert main(args) == 0  # a rerun finds every pair done
+    assert _lines(out / RESULTS) == records
+
+
+@pytest.mark.slow
+def test_eval_runs_with_qwen_as_the_configured_voice_model(tmp_path: Path, tiny_qwen_models_dir: Path) -> None:
+    speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
+    out = tmp_path / "run"
+    assert main(["--config", str(tiny_qwen_models_dir / "config.yaml"), "eval", "hotpotqa",
+                 str(DATA / "hotpot_small.json"), "--speech", str(speech), "--modes", "asr", "--out", str(out)]) == 0
+    records = _lines(out / RESULTS)
+    assert [(r["id"], r["voice_model"]) for r in records] == [("q1", "qwen2.5-omni"), ("q2", "qwen2.5-omni")]
+    assert all(r["reply"] and r["transcript"] is not None and not r["problems"] for r in records)
+    assert "voice model: qwen2.5-omni" in (out / "summary.md").read_text()
+
+
+def test_an_unknown_voice_model_or_a_preset_it_lacks_is_one_line_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    speech = _speech_set(tmp_path / "speech", "hotpotqa", ["q1", "q2"])
+    config = tmp_path / "config.yaml"
+    config.write_text("offline: true\nvoice: calm\n", encoding="utf-8")
+    base = ["--config", str(config), "eval", "hotpotqa", str(DATA / "hotpot_small.json"), "--speech", str(speech),
+            "--out", str(tmp_path / "run")]
+    assert main(base + ["--voice-models", "glm-4-voice,gpt"]) == 2
+    assert "unknown voice model(s) gpt; choose from glm-4-voice, qwen2.5-omni" in capsys.readouterr().err
+    assert main(base + ["--voice-models", "glm-4-voice,qwen2.5-omni"]) == 2
+    assert "voice preset 'calm' is not for qwen2.5-omni" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

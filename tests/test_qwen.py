@@ -138,6 +138,27 @@ def talker_codes(model, ids, features, max_codes: int) -> list[int]:
 # --- loading ------------------------------------------------------------------------------------------
 
 
+def test_the_published_config_is_read_without_transformers_warning_about_its_mrope_sections(
+        tiny_qwen_models_dir: Path) -> None:
+    import logging
+
+    from voicechat.qwen.checkpoint import read_config
+
+    folder = tiny_qwen_models_dir / "qwen2.5-omni"
+    on_disk = json.loads((folder / "config.json").read_text())["thinker_config"]["text_config"]["rope_scaling"]
+    warnings: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        config = read_config(folder)
+    finally:
+        logger.removeHandler(handler)
+    assert [w.getMessage() for w in warnings] == []
+    assert config.thinker_config.text_config.rope_scaling["mrope_section"] == on_disk["mrope_section"] == [2, 3, 3]
+
+
 def broken_copy(source: Path, tmp_path: Path, change) -> Path:
     """A copy of the tiny models' config whose Qwen checkpoint ``change`` breaks."""
     import yaml
@@ -247,3 +268,64 @@ def test_interrupting_a_reply_stops_its_text_and_audio(tiny_qwen_config: Config,
     assert result.finished.interrupted
     finished = [e for e in events if isinstance(e, TurnFinished)]
     assert len(finished) == 1
+
+
+# --- voice presets ------------------------------------------------------------------------------------------
+
+
+def test_the_voice_cycle_offers_only_qwen_presets_and_each_speaks_as_its_speaker(
+        tiny_qwen_config: Config, parts: Components) -> None:
+    import dataclasses
+
+    from voicechat.session import ConversationSession
+
+    config = dataclasses.replace(tiny_qwen_config, retrieval=dataclasses.replace(tiny_qwen_config.retrieval, rag="off"))
+    events: list[Event] = []
+    session = ConversationSession(config, events.append, save=False)
+    session.ready(parts)
+    offered = []
+    for _ in range(3):
+        session.cycle_voice()
+        offered.append(session.settings.voice)
+    assert offered == ["chelsie", "ethan", "default"]
+    session.set_voice("calm")  # a GLM-4-Voice preset
+    assert session.settings.voice == "default"
+    session.set_voice("ethan")
+    result = session.run_turn(TurnInput(text="Where is the library?"))
+    assert result.reply_audio.size > 0 and parts.decoder.voice == "Ethan"
+
+
+# --- the thinker's cache across turns ----------------------------------------------------------------------
+
+
+def test_the_next_turn_computes_only_its_own_tokens_and_streams_the_same_ids_as_without_the_cache(
+        parts: Components) -> None:
+    from voicechat.glm.prompt import Conversation
+
+    backend = parts.backend
+    backend.talker_temperature = 0.0
+    params = SamplingParams(temperature=0.0, max_new_tokens=6, stop_ids=(parts.text_tokenizer.special.user,))
+    computed: list[int] = []
+    hook = backend.thinker.model.register_forward_hook(lambda module, args, kwargs, out: computed.append(
+        kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        backend.close()
+        history = Conversation()
+        first = parts.prompts.build(history, text="Where is the library?", max_tokens=4096)
+        reply = list(backend.stream(first.ids, params, threading.Event()))
+        history.add(first, reply)
+        second = parts.prompts.build(history, text="What time does the museum open?", max_tokens=4096)
+        assert second.ids[:len(first.ids)] == first.ids
+        computed.clear()
+        reused = list(backend.stream(second.ids, params, threading.Event()))
+        prefill_with_cache = computed[0]
+        backend.close()  # forget: the same prompt computed whole
+        computed.clear()
+        whole = list(backend.stream(second.ids, params, threading.Event()))
+        prefill_without = computed[0]
+    finally:
+        hook.remove()
+        backend.talker_temperature = 0.9
+    assert reused == whole and any(i >= parts.text_tokenizer.special.audio_offset for i in whole)
+    assert prefill_without == len(second.ids)
+    assert prefill_with_cache < len(second.ids) - len(first.ids)  # the first turn and its reply were kept

@@ -19,7 +19,7 @@ import pytest
 import soundfile
 import yaml
 
-from tests.support.pulse import MIC_RATE, PulseServer, start_private_server
+from tests.support.pulse import MIC_RATE, SPEAKER_RATE, PulseServer, start_private_server
 from tests.support.speech import espeak_available, speak
 from voicechat.cli import main
 from voicechat.sessions import read_turns
@@ -91,11 +91,11 @@ def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-@pytest.fixture
-def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
+def open_terminal(pulse: PulseServer, models_dir: Path, tmp_path: Path) -> Terminal:
+    """`voicechat` in tmux on the models in ``models_dir``, with an index of knowledge/ and e2e retrieval."""
     if shutil.which("tmux") is None or not espeak_available():
         pytest.skip("tmux and espeak-ng are needed")
-    config = yaml.safe_load((tiny_models_dir / "config.yaml").read_text())
+    config = yaml.safe_load((models_dir / "config.yaml").read_text())
     config["sessions"] = {"dir": str(tmp_path / "sessions")}
     config["retrieval"] = {"rag": "e2e", "index_dir": str(tmp_path / "index"), "knowledge_dir": str(REPO / "knowledge")}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -105,18 +105,36 @@ def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Itera
     command = f"{sys.executable} -m voicechat --config {tmp_path / 'config.yaml'}; sleep 30"
     subprocess.run(["tmux", "-L", name, "new-session", "-d", "-s", name, "-x", "160", "-y", "45", command],
                    env=env, check=True, timeout=30)
-    terminal = Terminal(name)
+    return Terminal(name)
+
+
+@pytest.fixture
+def terminal(pulse: PulseServer, tiny_models_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
+    terminal = open_terminal(pulse, tiny_models_dir, tmp_path)
     yield terminal
     terminal.tmux("kill-server")
+
+
+@pytest.fixture
+def qwen_terminal(pulse: PulseServer, tiny_qwen_models_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
+    terminal = open_terminal(pulse, tiny_qwen_models_dir, tmp_path)
+    yield terminal
+    terminal.tmux("kill-server")
+
+
+def say(pulse: PulseServer, text: str) -> np.ndarray:
+    """Speaks ``text`` into the virtual microphone, with silence around it; returns the speech."""
+    question = speak(text)
+    padded = np.concatenate([np.zeros(MIC_RATE // 2, np.float32), question, np.zeros(MIC_RATE * 2, np.float32)])
+    pulse.play(padded, MIC_RATE).wait(timeout=60)
+    return question
 
 
 def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: Terminal, tmp_path: Path) -> None:
     terminal.wait_until(lambda s: "LISTENING" in s, 180, "the app to load and listen")
     terminal.suspend_app(1.0)
     terminal.wait_until(lambda s: re.search(r"audio warnings: [1-9]", s), 60, "the underrun to be counted")
-    question = speak("How long should green tea steep?")
-    padded = np.concatenate([np.zeros(MIC_RATE // 2, np.float32), question, np.zeros(MIC_RATE * 2, np.float32)])
-    pulse.play(padded, MIC_RATE).wait(timeout=60)
+    question = say(pulse, "How long should green tea steep?")
     screen = terminal.wait_until(lambda s: "total" in s and "LISTENING" in s, 300, "the turn to complete")
     assert "Assistant" in screen
     assert re.search(r"^\W*1\s+0\.\d{3}\s+✔", screen, re.M)  # the sources panel: rank, score, used
@@ -129,3 +147,26 @@ def test_spoken_question_becomes_a_turn_on_screen(pulse: PulseServer, terminal: 
     assert "underrun occurred" in (tmp_path / "state" / "voicechat" / "log" / "chat-stderr.log").read_text()
     terminal.press("q")
     terminal.wait_until(lambda s: "LISTENING" not in s, 60, "the app to quit")
+
+
+def test_qwen_answers_a_spoken_question_on_screen_and_plays_the_reply(pulse: PulseServer, qwen_terminal: Terminal,
+                                                                     tmp_path: Path) -> None:
+    qwen_terminal.wait_until(lambda s: "LISTENING" in s, 180, "the app to load Qwen2.5-Omni and listen")
+    recording = pulse.record()
+    try:
+        assert recording.wait_for_bytes(SPEAKER_RATE // 10), "the speaker's monitor did not start"
+        say(pulse, "How long should green tea steep?")
+        screen = qwen_terminal.wait_until(lambda s: "total" in s and "LISTENING" in s, 300, "the turn to complete")
+        played = recording.wait_for_sound(0.2, SPEAKER_RATE, timeout=60)
+    finally:
+        heard = recording.stop()
+    assert "Assistant" in screen
+    assert re.search(r"^\W*1\s+0\.\d{3}\s+✔", screen, re.M)  # retrieval works the same with either voice model
+    (log,) = (tmp_path / "sessions").glob("*/turns.jsonl")
+    (turn,) = read_turns(log)
+    assert turn["user_audio"] and turn["reply_text"].strip()
+    shown = next(word for word in turn["reply_text"].split() if word.isprintable() and len(word) > 2)
+    assert shown in screen.replace("\n", " ")  # the reply's text is on screen
+    assert played and np.abs(heard).max() > 1e-3  # and its audio went to the speaker
+    qwen_terminal.press("q")
+    qwen_terminal.wait_until(lambda s: "LISTENING" not in s, 60, "the app to quit")

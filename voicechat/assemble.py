@@ -71,7 +71,7 @@ def load_qwen_components(config: Config, progress: Progress | None = None,
     report("checking models", 0, total)
     paths = ensure_models(config)
     report("voice model (Qwen2.5-Omni)", 1, total)
-    speakers = {preset.speaker for preset in config.voices.values() if preset.speaker}
+    speakers = {preset.speaker for preset in config.model_voices.values() if preset.speaker}
     parts = load_qwen(paths["omni"], config.models.omni, config.qwen, config.generation, speakers)
     report("retrieval", 2, total)
     retriever = load_retriever_or_warn(config, on_warning)

@@ -131,42 +131,58 @@ class GenerationOverrides:
     max_new_tokens: int | None = field(default=None, metadata=_range(1, 32768))
 
 
+VoiceModel = Literal["glm-4-voice", "qwen2.5-omni"]
+
+
 @dataclass(frozen=True)
 class VoicePreset:
     description: str
     instruction: str = ""
     generation: GenerationOverrides = GenerationOverrides()
     speaker: str | None = None  # Qwen2.5-Omni: a speaker of the checkpoint (Chelsie, Ethan); null: Chelsie
+    voice_model: VoiceModel | None = None  # the voice model it is for; null: either (qwen2.5-omni with a speaker)
+
+    def fits(self, voice_model: str) -> bool:
+        if self.voice_model is not None:
+            return self.voice_model == voice_model
+        return self.speaker is None or voice_model == "qwen2.5-omni"
 
 
+# GLM-4-Voice follows a spoken-style instruction; Qwen2.5-Omni's talker speaks as one of its
+# speakers (its model card fixes the system prompt for speech output).
+_GLM = "glm-4-voice"
 DEFAULT_VOICES: dict[str, VoicePreset] = {
     "default": VoicePreset("The model's natural voice.", ""),
     "calm": VoicePreset(
-        "Soft and relaxed.", "Speak in a calm, gentle and soothing tone, at an unhurried pace."
+        "Soft and relaxed.", "Speak in a calm, gentle and soothing tone, at an unhurried pace.", voice_model=_GLM
     ),
     "cheerful": VoicePreset(
-        "Warm and upbeat.", "Speak in a cheerful, warm and lively tone.", GenerationOverrides(temperature=0.3)
+        "Warm and upbeat.", "Speak in a cheerful, warm and lively tone.", GenerationOverrides(temperature=0.3),
+        voice_model=_GLM,
     ),
     "brisk": VoicePreset(
         "Fast and to the point.",
         "Speak quickly and keep the answer very short: one or two sentences.",
         GenerationOverrides(max_new_tokens=600),
+        voice_model=_GLM,
     ),
     "slow-and-clear": VoicePreset(
         "For listening in a noisy place or in a second language.",
         "Speak slowly and clearly, pronouncing every word carefully, with short sentences.",
+        voice_model=_GLM,
     ),
     "storyteller": VoicePreset(
         "Expressive, like reading a story aloud.",
         "Speak expressively like a storyteller, with lively intonation and natural pauses.",
         GenerationOverrides(temperature=0.4),
+        voice_model=_GLM,
     ),
     "mandarin": VoicePreset(
-        "Answer in Mandarin Chinese.", "请用标准普通话回答，语气自然亲切。"
+        "Answer in Mandarin Chinese.", "请用标准普通话回答，语气自然亲切。", voice_model=_GLM
     ),
-    # Qwen2.5-Omni's two speakers (with GLM-4-Voice, its one voice)
-    "chelsie": VoicePreset("Qwen2.5-Omni's female voice, Chelsie.", "", speaker="Chelsie"),
-    "ethan": VoicePreset("Qwen2.5-Omni's male voice, Ethan.", "", speaker="Ethan"),
+    # Qwen2.5-Omni's two speakers
+    "chelsie": VoicePreset("Qwen2.5-Omni's female voice, Chelsie.", "", speaker="Chelsie", voice_model="qwen2.5-omni"),
+    "ethan": VoicePreset("Qwen2.5-Omni's male voice, Ethan.", "", speaker="Ethan", voice_model="qwen2.5-omni"),
 }
 
 
@@ -382,7 +398,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Config:
-    voice_model: Literal["glm-4-voice", "qwen2.5-omni"] = "glm-4-voice"
+    voice_model: VoiceModel = "glm-4-voice"
     models: ModelsConfig = ModelsConfig()
     backend: BackendConfig = BackendConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -405,6 +421,11 @@ class Config:
         if name not in self.voices:
             raise ConfigError(f"unknown voice preset {name!r}; choose one of: {', '.join(self.voices)}")
         return self.voices[name]
+
+    @property
+    def model_voices(self) -> dict[str, VoicePreset]:
+        """The voice presets the loaded voice model can speak with."""
+        return {name: preset for name, preset in self.voices.items() if preset.fits(self.voice_model)}
 
     def resolve_path(self, value: str) -> Path:
         """Paths in a config file are relative to that file's folder."""
@@ -441,8 +462,18 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         _set_dotted(data, dotted, value)
     config = _build(Config, data, label, "")
     config = dataclasses.replace(config, source=label)
-    config.voice_preset()  # an unknown selected voice is a config error, reported now
+    _check_voices(config)  # an unknown or unfitting selected voice is a config error, reported now
     return config
+
+
+def _check_voices(config: Config) -> None:
+    for name, preset in config.voices.items():
+        if preset.speaker and preset.voice_model == "glm-4-voice":
+            raise ConfigError(f"{config.source}: voices.{name}: a speaker is a Qwen2.5-Omni voice; "
+                              "remove speaker or set voice_model: qwen2.5-omni")
+    if not config.voice_preset().fits(config.voice_model):
+        raise ConfigError(f"{config.source}: voice preset {config.voice!r} is not for {config.voice_model}; "
+                          f"choose one of: {', '.join(config.model_voices)}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

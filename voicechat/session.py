@@ -363,7 +363,7 @@ class ConversationSession:
         self.set_two_round(_next(TWO_ROUND_MODES, self.settings.two_round))
 
     def cycle_voice(self) -> None:
-        self.set_voice(_next(list(self.config.voices), self.settings.voice))
+        self.set_voice(_next(list(self.config.model_voices), self.settings.voice))
 
     def set_rag(self, mode: str) -> None:
         self._switch(replace(self.settings, rag=mode), f"retrieval {mode}")
@@ -372,8 +372,8 @@ class ConversationSession:
         self._switch(replace(self.settings, two_round=mode), f"two-round {mode}")
 
     def set_voice(self, name: str) -> None:
-        if name not in self.config.voices:
-            self.emit(Notice(f"unknown voice {name!r}; choose one of: {', '.join(self.config.voices)}", error=True))
+        if name not in self.config.model_voices:
+            self.emit(Notice(f"unknown voice {name!r}; choose one of: {', '.join(self.config.model_voices)}", error=True))
             return
         self._switch(replace(self.settings, voice=name), f"voice {name}")
         if self.settings.voice == name:

@@ -1,8 +1,10 @@
-"""`voicechat eval`: HotpotQA, RGB or your own folder with spoken questions, retrieval modes side by side."""
+"""`voicechat eval`: HotpotQA, RGB or your own folder with spoken questions, retrieval modes (and
+voice models) side by side."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 from pathlib import Path
 
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
         default_modes = "e2e,asr" if name == "folder" else "e2e,asr,text"
         sub.add_argument("--modes", default=default_modes,
                          help=f"comma-separated: e2e, asr, text, norag, rewrite, fallback (default: {default_modes})")
+        sub.add_argument("--voice-models", metavar="LIST",
+                         help="comma-separated: glm-4-voice, qwen2.5-omni; the same questions through each, "
+                              "side by side (default: the config's voice_model)")
         sub.add_argument("--limit", type=int, help="evaluate the first N questions (a random N with --seed)")
         sub.add_argument("--seed", type=int, help="choose the --limit questions at random with this seed")
         sub.add_argument("--top-k", type=int,
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     dataset = args.eval_dataset
     check_out_folder(args.out)
     modes = runner.parse_modes(args.modes)
+    voice_configs = per_voice_model(config, args.voice_models)
     if args.top_k is not None and args.top_k < 1:
         raise VoicechatError(f"--top-k must be at least 1, got {args.top_k}")
     questions = choose(read_questions(args, dataset), args.limit, args.seed)
@@ -132,26 +138,29 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for question in questions:
         speech.path(question.id)  # every audio file exists before anything runs
     args.out.mkdir(parents=True, exist_ok=True)
-    info = run_info(args, config, spec, questions, speech, knowledge)
+    info = run_info(args, config, spec, questions, speech, knowledge, list(voice_configs))
     info = runner.check_run_info(args.out, info)
     results = runner.ResultsFile(args.out / runner.RESULTS)
-    off = _rag_off(config)  # the runner hands each question's retriever to the engine
     with _Bar("loading retrieval encoders"):
         text, speech_encoder, transcriber = runner.load_encoders(config, modes)
     scopes = runner.Scopes(config, text, speech_encoder, transcriber, top_k, index_dir)
     if knowledge:
         update_folder_index(scopes, knowledge, index_dir, questions)
-    with _Bar("loading models") as bar:
-        parts = load_components(off, lambda step, done, total: bar.update(done, total, f"loading {step}"))
     plots = True
     try:
-        with _Bar(f"{dataset} questions x modes") as bar:
-            records = runner.run(off, parts, scopes, questions, speech, spec, results, bar.update)
+        for voice_model, voice_config in voice_configs.items():  # one voice model in memory at a time
+            off = _rag_off(voice_config)  # the runner hands each question's retriever to the engine
+            with _Bar(f"loading {voice_model}") as bar:
+                parts = load_components(off, lambda step, done, total: bar.update(done, total, f"loading {step}"))
+            try:
+                with _Bar(f"{dataset} questions x modes ({voice_model})") as bar:
+                    records = runner.run(off, parts, scopes, questions, speech, spec, results, bar.update)
+            finally:
+                parts.close()
     except KeyboardInterrupt:
         plots = False  # seconds of matplotlib while the user waits; the rerun that finishes draws them
         raise
     finally:
-        parts.close()
         summary = report.write_summary(args.out, info, results.records)
         if plots:
             report.write_plots(args.out, summary)
@@ -170,6 +179,9 @@ def run_remote(args: argparse.Namespace, config: Config, dataset: str, modes: li
                              "`voicechat eval folder`; hotpotqa and rgb index each question's passages on this machine")
     if "text" in modes:
         raise VoicechatError("mode text retrieves on this machine; leave it out of --modes with --engine-url")
+    if args.voice_models is not None:
+        raise VoicechatError("--voice-models loads each voice model on this machine; with --engine-url the "
+                             "engine server's voice model answers: leave out one of the two")
     link = connect_remote(config)
     try:
         top_k = check_remote_engine(link.welcome, config.engine.url, modes, args.top_k)
@@ -181,6 +193,7 @@ def run_remote(args: argparse.Namespace, config: Config, dataset: str, modes: li
         link.close()
         raise
     args.out.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, voice_model=link.welcome.get("voice_model", config.voice_model))
     info = run_info(args, config, spec, questions, speech)
     # the answers come from the server's models and generation settings, not this machine's config
     info["options"]["engine"] = config.engine.url
@@ -223,6 +236,22 @@ def check_remote_engine(welcome: dict, url: str, modes: list[str], top_k: int | 
         raise VoicechatError(f"the engine server at {url} retrieves {served} passages (its retrieval.top_k); "
                              f"leave out --top-k or give --top-k {served}")
     return int(served or top_k or DEFAULT_TOP_K["folder"])
+
+
+def per_voice_model(config: Config, names: str | None) -> dict[str, Config]:
+    """The config each voice model runs with: the same but for voice_model (its voice preset must
+    fit it)."""
+    from voicechat.evaluation.runner import parse_voice_models
+
+    chosen = parse_voice_models(names) if names is not None else [config.voice_model]
+    configs = {}
+    for name in chosen:
+        preset = config.voice_preset()
+        if not preset.fits(name):
+            raise VoicechatError(f"voice preset {config.voice!r} is not for {name}; choose a voice preset "
+                                 f"both voice models have (default)")
+        configs[name] = dataclasses.replace(config, voice_model=name)
+    return configs
 
 
 def check_out_folder(out: Path) -> None:
@@ -281,14 +310,11 @@ def update_folder_index(scopes, knowledge: Path, index_dir: Path, questions: lis
 
 
 def _rag_off(config: Config) -> Config:
-    import dataclasses
-
     return dataclasses.replace(config, retrieval=dataclasses.replace(config.retrieval, rag="off", two_round="off"))
 
 
-def run_info(args, config: Config, spec, questions: list, speech, knowledge: Path | None = None) -> dict:
-    import dataclasses
-
+def run_info(args, config: Config, spec, questions: list, speech, knowledge: Path | None = None,
+             voice_models: list[str] | None = None) -> dict:
     options = {"top_k": spec.top_k, "scope": spec.scope}
     if knowledge:
         options["knowledge"] = str(knowledge)
@@ -302,6 +328,7 @@ def run_info(args, config: Config, spec, questions: list, speech, knowledge: Pat
         "seed": args.seed,
         "questions": [q.id for q in questions],
         "modes": list(spec.modes),
+        "voice_models": voice_models or [config.voice_model],
         "options": options,
         "speech": {"kind": speech.kind, "description": speech.description, "synthetic": speech.synthetic},
         "models": {name: dataclasses.asdict(spec_) for name, spec_ in vars(config.models).items()

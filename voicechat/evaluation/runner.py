@@ -12,6 +12,9 @@ mode is a setting of the same engine the app uses:
 - norag: no retrieval
 - rewrite, fallback: e2e with the two-round modes
 
+With several voice models (GLM-4-Voice, Qwen2.5-Omni) the same questions run through each in
+turn, with the same retrieval; every record names its voice model.
+
 Results are appended to ``results.jsonl`` as each question-mode pair finishes; a rerun skips the
 pairs already there, so an interrupted run loses nothing.
 """
@@ -44,6 +47,25 @@ MODES: dict[str, tuple[str, str]] = {  # mode -> (engine rag, engine two_round)
 }
 RESULTS = "results.jsonl"
 RUN_INFO = "run.json"
+VOICE_MODELS = ("glm-4-voice", "qwen2.5-omni")
+EARLIER_VOICE_MODEL = "glm-4-voice"  # records and runs written before there was a choice name none
+
+
+def parse_voice_models(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in VOICE_MODELS]
+    if unknown or not names:
+        raise VoicechatError(f"unknown voice model(s) {', '.join(unknown) or '(none)'}; "
+                             f"choose from {', '.join(VOICE_MODELS)}")
+    return list(dict.fromkeys(names))
+
+
+def voice_model_of(record: dict) -> str:
+    return record.get("voice_model", EARLIER_VOICE_MODEL)
+
+
+def result_key(record: dict) -> tuple[str, str, str]:
+    return record["id"], record["mode"], voice_model_of(record)
 
 
 def parse_modes(text: str) -> list[str]:
@@ -85,7 +107,7 @@ class ResultsFile:
                 except json.JSONDecodeError:
                     raise VoicechatError(f"{path}: line {number + 1} is not a result; "
                                          "remove it or choose another --out folder") from None
-        self.done = {(r["id"], r["mode"]) for r in self.records}
+        self.done = {result_key(r) for r in self.records}
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
@@ -94,7 +116,7 @@ class ResultsFile:
             handle.flush()
             os.fsync(handle.fileno())
         self.records.append(record)
-        self.done.add((record["id"], record["mode"]))
+        self.done.add(result_key(record))
 
 
 def check_run_info(out_dir: Path, info: dict) -> dict:
@@ -113,7 +135,9 @@ def check_run_info(out_dir: Path, info: dict) -> dict:
         if same != {k: info.get(k) for k in same}:
             raise VoicechatError(f"{out_dir} holds a run with another dataset slice, options or models; "
                                  "choose another --out folder")
-        info = {**info, "modes": list(dict.fromkeys(old.get("modes", []) + info["modes"]))}
+        earlier = old.get("voice_models", [EARLIER_VOICE_MODEL])
+        info = {**info, "modes": list(dict.fromkeys(old.get("modes", []) + info["modes"])),
+                "voice_models": list(dict.fromkeys(earlier + info.get("voice_models", [])))}
     path.write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
     return info
 
@@ -236,6 +260,7 @@ def run_question(config: Config, parts, retriever, question: Question, audio, mo
     record = {
         "id": question.id,
         "mode": mode,
+        "voice_model": config.voice_model,
         "question": question.text,
         "answers": [list(a) for a in question.answers],
         "audio_s": round(len(audio) / MODEL_RATE, 3),
@@ -295,10 +320,12 @@ def load_encoders(config: Config, modes: Iterable[str]):
 def run(config: Config, parts, scopes: Scopes, questions: list[Question], speech: SpeechSource,
         spec: RunSpec, results: ResultsFile,
         progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Runs every (question, mode) pair not in ``results`` yet; returns all records."""
-    pending = [q for q in questions if any((q.id, m) not in results.done for m in spec.modes)]
+    """Runs every (question, mode) pair not in ``results`` yet with the config's voice model (the
+    one ``parts`` holds); returns all records."""
+    voice_model = config.voice_model
+    pending = [q for q in questions if any((q.id, m, voice_model) not in results.done for m in spec.modes)]
     total = len(questions) * len(spec.modes)
-    done = total - sum(1 for q in pending for m in spec.modes if (q.id, m) not in results.done)
+    done = total - sum(1 for q in pending for m in spec.modes if (q.id, m, voice_model) not in results.done)
     report = progress or (lambda done, total: None)
     report(done, total)
     # closed however the loop ends (also on Ctrl-C), so the questions' indexes and their temporary
@@ -307,7 +334,7 @@ def run(config: Config, parts, scopes: Scopes, questions: list[Question], speech
         for question, retriever in scoped:
             audio = speech.load(question.id)
             for mode in spec.modes:
-                if (question.id, mode) in results.done:
+                if (question.id, mode, voice_model) in results.done:
                     continue
                 results.append(run_question(config, parts, retriever, question, audio, mode, spec))
                 done += 1

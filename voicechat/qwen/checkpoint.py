@@ -44,9 +44,21 @@ def read_config(folder: Path) -> Any:
         raise ModelError(f"{path}: model_type is {kind!r}, not {MODEL_TYPE!r}: this is not a Qwen2.5-Omni "
                          "checkpoint (check models.omni.source)")
     try:
-        return Qwen2_5OmniConfig.from_dict(data)
+        text = data["thinker_config"]["text_config"]
+        rope = dict(text.get("rope_scaling") or {})
+    except (KeyError, TypeError, AttributeError):
+        raise ModelError(f"{path}: no thinker_config.text_config; is this a complete Qwen2.5-Omni config?") from None
+    # transformers 4.57 validates the thinker's rope_scaling without knowing its mrope_section and
+    # warns about every published checkpoint; it is validated without it and set again after.
+    sections = rope.pop("mrope_section", None)
+    text["rope_scaling"] = rope or None
+    try:
+        config = Qwen2_5OmniConfig.from_dict(data)
     except (TypeError, ValueError, KeyError) as error:
         raise ModelError(f"{path}: invalid Qwen2.5-Omni config ({error})") from None
+    if sections is not None:
+        config.thinker_config.text_config.rope_scaling["mrope_section"] = sections
+    return config
 
 
 def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -115,7 +127,7 @@ def load_omni(folder: Path, device: str = "auto", dtype: str = "auto") -> Loaded
 
     try:
         model = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False, dtype=torch_dtype)
+            str(folder), config=config, local_files_only=True, trust_remote_code=False, dtype=torch_dtype)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelError(f"{folder}: cannot load Qwen2.5-Omni ({str(error).splitlines()[0]})") from None
     model.token2wav.float()  # token2wav runs in float32, as transformers' generate does

@@ -11,6 +11,11 @@ stop id (<|im_end|>) comes last, after the talker has finished.
 
 Question audio enters the prompt as ids at or above ``AudioRows.BASE``: rows of audio-encoder
 output kept by AudioRows, so prompts and history stay lists of ints.
+
+The thinker's key/value cache outlives a reply, as the GLM local backend's does: the next prompt
+starts with the previous prompt and reply, so only the new turn is computed. With the cache the
+thinker's per-position states are kept too (hidden state plus input embedding): the talker reads
+them for the whole prompt.
 """
 
 from __future__ import annotations
@@ -55,6 +60,44 @@ class AudioRows:
             return torch.stack([self.rows[i] for i in ids])
 
 
+class ThinkerMemory:
+    """What the thinker computed last, for the next prompt: the ids it took as input, their
+    key/value cache and their states for the talker (pieces of (1, n, hidden), joined when used)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        from transformers import DynamicCache
+
+        self.ids: list[int] = []
+        self.cache = DynamicCache()
+        self.states: list[torch.Tensor] = []
+
+    def reuse(self, prompt_ids: list[int]) -> int:
+        """Keep the prefix this prompt shares (all but its last id, which gives the first logits);
+        returns its length."""
+        shared = 0
+        for kept, new in zip(self.ids, prompt_ids[:-1]):
+            if kept != new:
+                break
+            shared += 1
+        if shared == 0:
+            self.clear()
+            return 0
+        self.cache.crop(shared)
+        self.ids = self.ids[:shared]
+        self.states = [torch.cat(self.states, dim=1)[:, :shared]]
+        return shared
+
+    def add(self, ids: list[int], states: torch.Tensor) -> None:
+        self.ids += ids
+        self.states.append(states)
+
+    def prefix_states(self) -> list[torch.Tensor]:
+        return list(self.states)
+
+
 class OmniStream:
     """The thinker and talker of one loaded checkpoint, as a token-id stream (an LMBackend)."""
 
@@ -72,9 +115,16 @@ class OmniStream:
         self.voice_choice = voice_choice  # the decoder reads the reply's speaker from it
         self.speakers = speakers
         self.device = next(self.thinker.parameters()).device
+        self.memory = ThinkerMemory()
+        self._memory_lock = threading.Lock()  # a second stream at the same time computes on its own
 
     def close(self) -> None:
-        pass
+        self.memory.clear()
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many prompt tokens the next turn may reuse (for tests and benchmarks)."""
+        return len(self.memory.ids)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event) -> Iterator[int]:
         speaker = params.speaker or self.voice_choice.voice
@@ -86,14 +136,26 @@ class OmniStream:
         audio_ids = [i for i in prompt_ids if i >= AudioRows.BASE]
         if audio_ids:
             self.rows.forget_before(min(audio_ids))
-        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
-        with torch.inference_mode():
-            yield from self._run(prompt_ids, params, speaker, cancel, generator)
+        generator = torch.Generator(self.device).manual_seed(params.seed if params.seed is not None else 0)
+        shared = self._memory_lock.acquire(blocking=False)
+        memory = self.memory if shared else ThinkerMemory()
+        try:
+            with torch.inference_mode():
+                yield from self._run(prompt_ids, params, speaker, cancel, generator, memory)
+        except GeneratorExit:
+            raise  # closed between two steps: what the memory holds is whole
+        except BaseException:
+            if shared:
+                self.memory = ThinkerMemory()  # a step cut short leaves a half-updated cache
+            raise
+        finally:
+            if shared:
+                self._memory_lock.release()
 
     # --- the interleaved loop ---------------------------------------------------------------------
 
-    def _run(self, prompt_ids, params, speaker, cancel, generator) -> Iterator[int]:
-        thinker = _Thinker(self, prompt_ids, params, generator)
+    def _run(self, prompt_ids, params, speaker, cancel, generator, memory: ThinkerMemory) -> Iterator[int]:
+        thinker = _Thinker(self, prompt_ids, params, generator, memory)
         token = thinker.first_token()
         talker: _Talker | None = None
         text_tokens, stopped = 0, False
@@ -127,16 +189,16 @@ class OmniStream:
 
 
 class _Thinker:
-    def __init__(self, owner: OmniStream, prompt_ids: list[int], params: SamplingParams, generator) -> None:
-        from transformers import DynamicCache
-
+    def __init__(self, owner: OmniStream, prompt_ids: list[int], params: SamplingParams, generator,
+                 memory: ThinkerMemory) -> None:
         self.owner = owner
         self.model = owner.thinker
         self.params = params
         self.generator = generator
-        self.cache = DynamicCache()
+        self.memory = memory
+        self.position = memory.reuse(prompt_ids)
+        self.cache = memory.cache
         self.prompt_ids = prompt_ids
-        self.position = 0
         self.reply_parts: list[torch.Tensor] = []  # per reply token taken as input: hidden + embedding
         self.finished = False
 
@@ -162,15 +224,19 @@ class _Thinker:
         return embeds, hidden, self.model.lm_head(hidden[:, -1]).float()
 
     def first_token(self) -> int:
-        embeds, hidden, logits = self.forward(self.prompt_ids)
+        new = self.prompt_ids[self.position:]
+        embeds, hidden, logits = self.forward(new)
         # The talker reads the prompt with question-audio embeddings zeroed (as generate does).
-        audio = torch.tensor([i >= AudioRows.BASE for i in self.prompt_ids], device=embeds.device)
-        self.prompt_part = hidden + embeds.masked_fill(audio.view(1, -1, 1), 0.0)
+        audio = torch.tensor([i >= AudioRows.BASE for i in new], device=embeds.device)
+        states = hidden + embeds.masked_fill(audio.view(1, -1, 1), 0.0)
+        self.prompt_part = torch.cat([*self.memory.prefix_states(), states], dim=1)
+        self.memory.add(new, states)
         return self.sample(logits)
 
     def step(self, token: int) -> int:
         embeds, hidden, logits = self.forward([token])
         self.reply_parts.append(hidden + embeds)
+        self.memory.add([token], self.reply_parts[-1])
         return self.sample(logits)
 
     def finish(self) -> None:

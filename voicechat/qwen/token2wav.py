@@ -105,7 +105,7 @@ class Token2Wav:
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor) -> np.ndarray:
-        return self.vocoder(mel).reshape(-1).float().numpy()
+        return self.vocoder(mel).reshape(-1).float().cpu().numpy()
 
 
 class Token2WavSession:

@@ -116,8 +116,9 @@ class EngineServer:
     def welcome(self) -> dict[str, Any]:
         config, parts = self.config, self.parts
         retriever = parts.retriever
+        voice_roles = ("omni",) if config.voice_model == "qwen2.5-omni" else ("lm", "speech_tokenizer", "decoder")
         models = {role: getattr(config.models, role).source
-                  for role in ("lm", "speech_tokenizer", "decoder", "sonar_speech", "sonar_text", "asr")}
+                  for role in (*voice_roles, "sonar_speech", "sonar_text", "asr")}
         models["backend"] = config.backend.kind if config.backend.kind == "local" else \
             f"{config.backend.kind} {config.backend.url}"
         if retriever is not None:
@@ -125,7 +126,7 @@ class EngineServer:
         return {
             "type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "server": f"voicechat {__version__}",
             "models": models, "modes": sorted(retriever.modes) if retriever is not None else [],
-            "voices": list(config.voices), "sample_rate": parts.decoder.sample_rate,
+            "voice_model": config.voice_model, "voices": list(config.model_voices), "sample_rate": parts.decoder.sample_rate,
             "settings": _settings_json(Settings.from_config(config)), "top_k": config.retrieval.top_k,
             "generation": asdict(config.generation),
             "limits": {"max_frame_bytes": self.limits.max_frame_bytes,

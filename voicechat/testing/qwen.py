@@ -4,9 +4,12 @@ spk_dict.pt (the speakers Chelsie and Ethan: talker start token, speaker vector,
 a byte-level BPE tokenizer with Qwen's special tokens and chat template, and the Whisper feature
 extractor's preprocessor_config.json.
 
-"full" approximates the 7B or 3B architecture for benchmarks (several GB; the thinker sizes are
-the Qwen2.5 7B/3B ones, the talker's were not checked against the published config.json, and no
-benchmark uses them yet); "tiny" keeps every
+"full" is the 7B or 3B architecture for benchmarks (several GB). What is verified against published
+facts (see FULL_SIZES): both thinkers; the 7B talker; the audio encoder (32 layers of 1280, as
+transformers' defaults and a printed 7B model); the vision encoder (1280 wide, 32 blocks: with its
+merger that is the 675M parameters the technical report gives); token2wav (transformers' DiT and
+BigVGAN defaults; spk_dict.pt's speaker vector of 192 and reference mel of 400 x 80 frames). Not
+verified: the 3B talker, which copies Qwen2.5-0.5B's shape. "tiny" keeps every
 size consistent the way the published config does (thinker hidden = audio output = talker
 embedding size; half the talker head = sum of the M-RoPE sections; DiT and BigVGAN share the mel
 size; codec vocabulary 8448 so the talker's end codes 8292/8294 exist).
@@ -38,19 +41,26 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Full sizes: the thinkers are Qwen2.5-7B/3B; the talker values are unverified (see the docstring).
+# Full sizes. Thinkers: Qwen2.5-7B/3B, as transformers' Qwen2_5OmniTextConfig defaults (7B) and
+# copies of both published config.json files' text_config. 7B talker: a copy of the published
+# talker_config (896 wide, 12 heads of 128, 4 KV heads, 24 layers, MLP 18944) whose heads are 128
+# wide as its rotary dimension; transformers' talker defaults are the thinker's sizes, not the
+# talker's. 3B talker: unverified (Qwen2.5-0.5B's shape).
 FULL_SIZES: dict[str, dict[str, Any]] = {
     "7B": dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                          num_attention_heads=28, num_key_value_heads=4),
                talker=dict(hidden_size=896, intermediate_size=18944, num_hidden_layers=24, num_attention_heads=12,
-                           num_key_value_heads=4, head_dim=64),
-               vision_depth=32),
+                           num_key_value_heads=4, head_dim=128),
+               talker_mrope=[16, 24, 24]),
     "3B": dict(text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                          num_attention_heads=16, num_key_value_heads=2),
                talker=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                            num_key_value_heads=2, head_dim=64),
-               vision_depth=32),
+               talker_mrope=[16, 8, 8]),
 }
+# Qwen2.5-VL's vision tower (transformers' default hidden_size, 3584, is the language model's)
+FULL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16)
+REFERENCE_MEL_FRAMES = {"full": 400, "tiny": 300}
 
 
 def write(out_dir: Path, size: str = "tiny", seed: int = 0, variant: str = "7B") -> dict[str, Any]:
@@ -72,10 +82,45 @@ def write_omni(folder: Path, size: str = "tiny", seed: int = 0, variant: str = "
     config.save_pretrained(folder)
     tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    torch.save(speakers(config, ids, torch.Generator().manual_seed(seed)), folder / "spk_dict.pt")
+    torch.save(speakers(config, ids, torch.Generator().manual_seed(seed), size), folder / "spk_dict.pt")
     write_generation_config(folder, ids)
     write_feature_extractor(folder)
     return folder
+
+
+def build_in_memory(folder: Path, size: str, variant: str, device: Any, dtype: Any,
+                    seed: int = 0) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """(model, speakers) with random weights drawn directly on ``device`` in ``dtype`` (token2wav in
+    float32, as the loader keeps it); only the tokenizer and preprocessor files go to ``folder``.
+    For benchmarks: a full-size model is never written to disk."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = write_tokenizer(folder)
+    write_feature_extractor(folder)
+    config = omni_config(size, ids, variant)
+    from transformers import Qwen2_5OmniForConditionalGeneration
+    from transformers.modeling_utils import no_init_weights
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device), no_init_weights():  # drawn once below, not twice on construction
+            model = Qwen2_5OmniForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.02, generator=generator)
+            else:  # norm scales 1, biases and the vocoder's log-scale activations 0
+                parameter.fill_(1.0 if name.endswith("norm.weight") or "layernorm" in name else 0.0)
+        for module in model.token2wav.code2wav_bigvgan_model.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                module.reset_parameters()
+    model.token2wav.float()
+    return model.eval(), speakers(config, ids, torch.Generator().manual_seed(seed), size)
 
 
 def build(config: Any) -> Any:
@@ -142,10 +187,10 @@ def omni_config(size: str, ids: dict[str, int], variant: str = "7B") -> Any:
                     max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=variant == "3B")
         hidden = text["hidden_size"]
         audio = dict(output_dim=hidden)
-        vision = dict(depth=dims["vision_depth"], out_hidden_size=hidden)
+        vision = dict(FULL_VISION, out_hidden_size=hidden)
         talker = dict(dims["talker"], embedding_size=hidden, vocab_size=8448,
-                      rope_scaling={"type": "default", "mrope_section": [16, 8, 8]})
-        token2wav: dict[str, Any] = {"dit_config": dict(num_embeds=8448), "bigvgan_config": {}}
+                      rope_scaling={"type": "default", "mrope_section": dims["talker_mrope"]})
+        token2wav: dict[str, Any] = {"dit_config": {}, "bigvgan_config": {}}  # transformers' defaults
     else:
         hidden = 32
         text = dict(vocab_size=448, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
@@ -174,11 +219,16 @@ def omni_config(size: str, ids: dict[str, int], variant: str = "7B") -> Any:
     # vision_start_token_id is read even for audio-only input
     thinker = dict(text_config=text, audio_config=audio, vision_config=vision, **token_ids,
                    vision_start_token_id=ids["<|vision_bos|>"])
-    return Qwen2_5OmniConfig(thinker_config=thinker, talker_config=dict(talker, **token_ids, **tts),
-                             token2wav_config=token2wav, enable_audio_output=True)
+    # The thinker's M-RoPE sections are set after transformers has validated rope_scaling, which
+    # does not know the key and would warn (as the checkpoint reader does).
+    sections = text["rope_scaling"].pop("mrope_section")
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=dict(talker, **token_ids, **tts),
+                               token2wav_config=token2wav, enable_audio_output=True)
+    config.thinker_config.text_config.rope_scaling["mrope_section"] = sections
+    return config
 
 
-def speakers(config: Any, ids: dict[str, int], generator: Any) -> dict[str, dict[str, Any]]:
+def speakers(config: Any, ids: dict[str, int], generator: Any, size: str = "tiny") -> dict[str, dict[str, Any]]:
     """spk_dict.pt: per speaker the talker's start token, the DiT's speaker vector (enc_emb_dim)
     and a reference mel (frames x mel_dim) its ECAPA encoder reads."""
     import torch
@@ -189,6 +239,6 @@ def speakers(config: Any, ids: dict[str, int], generator: Any) -> dict[str, dict
         found[name] = {
             "bos_token": ids[f"<tts_text_bos_single_{name.lower()}>"],
             "cond": torch.randn((1, dit.enc_emb_dim), generator=generator),
-            "ref_mel": torch.randn((1, 300, dit.mel_dim), generator=generator),
+            "ref_mel": torch.randn((1, REFERENCE_MEL_FRAMES[size], dit.mel_dim), generator=generator),
         }
     return found
