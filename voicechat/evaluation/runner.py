@@ -348,11 +348,12 @@ def run_remote(config: Config, engine, questions: list[Question], speech: Speech
     """``run`` on a remote engine (``engine(emit)`` makes one conversation's): the questions ask
     about the knowledge folder on the engine server's machine, searched in its index."""
     total = len(questions) * len(spec.modes)
-    done = sum(1 for q in questions for m in spec.modes if (q.id, m) in results.done)
+    finished = {(q.id, m) for q in questions for m in spec.modes if (q.id, m, config.voice_model) in results.done}
+    done = len(finished)
     report = progress or (lambda done, total: None)
     report(done, total)
     for question in questions:
-        modes = [m for m in spec.modes if (question.id, m) not in results.done]
+        modes = [m for m in spec.modes if (question.id, m) not in finished]
         if not modes:
             continue
         audio = speech.load(question.id)
