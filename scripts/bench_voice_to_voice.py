@@ -329,11 +329,12 @@ def questions(count: int) -> list[Question]:
     return made
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def wait_for(condition, timeout: float, what: str, app: App | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # the app's log and the recordings offer no event to wait on
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
+            screen = f"; the app's screen:\n{app.screen()}" if app is not None else ""
+            raise RuntimeError(f"timed out waiting for {what}{screen}")
         time.sleep(0.2)
 
 
@@ -355,8 +356,9 @@ def ask(server: SoundServer, setup: Setup, question: Question, app: App) -> dict
     end_index = onset + (question.end - question.first)
     wait_for(lambda: server.mic.count > end_index, 30, "the question to be recorded")
     end_t = server.mic.time_of(end_index)
-    wait_for(lambda: len(logged_turns(setup.sessions)) > logged, TURN_TIMEOUT_S, f"the turn to be logged:\n{app.screen()}")
-    wait_for(lambda: reply_over(server.speaker, speaker_before), TURN_TIMEOUT_S, "the reply to end")
+    wait_for(lambda: len(logged_turns(setup.sessions)) > logged, TURN_TIMEOUT_S, "the turn to be logged", app)
+    wait_for(lambda: reply_over(server.speaker, speaker_before), TURN_TIMEOUT_S, "the reply to end", app)
+    wait_for(lambda: "LISTENING" in app.screen(), TURN_TIMEOUT_S, "the app to listen again", app)
     from_index = max(speaker_before, server.speaker.index_at(end_t))
     heard = first_loud(server.speaker.samples(), from_index)
     record = logged_turns(setup.sessions)[-1]
@@ -475,7 +477,8 @@ def listening_cost(mic: np.ndarray, far: np.ndarray, config_path: Path) -> dict:
                        "ms_per_call": round(1000 * detector.model.probability.cpu_s
                                             / max(1, detector.model.probability.calls), 2)},
         "end_of_turn_model_total": per_10ms(detector.silero.push.cpu_s + detector.model.probability.cpu_s, audio_s),
-        "echo_canceller": {**per_10ms(canceller_cpu, audio_s), "aec3_only": per_10ms(canceller.apm.process.cpu_s, audio_s)},
+        "echo_canceller": {**per_10ms(canceller_cpu, audio_s),
+                           "aec3_only": per_10ms(canceller.apm.process.cpu_s, audio_s)},
     }
 
 
@@ -506,6 +509,9 @@ def config_report(setup: Setup, blocks: list[dict]) -> dict:
         "checkout": "this one" if setup.repo == REPO else str(setup.repo),
         "end_of_question_to_first_heard_ms": summary([t["first_heard_ms"] for t in turns]),
         "app_reported_first_heard_ms": summary([t["app_first_heard_ms"] for t in turns]),
+        "measured_minus_app_reported_ms": summary(  # how well the app's own estimate holds
+            [t["first_heard_ms"] - t["app_first_heard_ms"] for t in turns
+             if t["first_heard_ms"] is not None and t["app_first_heard_ms"] is not None]),
         "app_end_of_speech_to_confirmation_ms": summary([t["app_endpoint_delay_ms"] for t in turns]),
         "turns_started_in_the_pause": sum(t["preemptive_ms"] is not None for t in turns),
         "idle_listening_cpu_percent": [b["idle_cpu_percent"] for b in blocks if b["idle_cpu_percent"] is not None],
@@ -532,7 +538,7 @@ def main() -> int:
     if turn_model is None:
         print("the Smart Turn model could not be fetched (scripts/fetch_turn_model.py)", file=sys.stderr)
         return 1
-    load = os.getloadavg()
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     asked = questions(args.questions)
     folder = Path(tempfile.mkdtemp(prefix="bench-v2v-"))
     server = SoundServer()
@@ -559,8 +565,8 @@ def main() -> int:
         "models": "tiny, random weights; retrieval e2e over knowledge/; replies up to "
                   f"{REPLY_TOKENS} tokens",
         "voice": "Piper en_US-joe-medium", "questions": len(asked), "block": args.block,
-        "load_average_at_start": [round(x, 2) for x in load],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "uptime_at_start": uptime,
+        "uptime_at_end": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "cpus": os.cpu_count(),
         **{name: config_report(by_name[name], blocks) for name, blocks in results.items()},
         "listening_cost_in_process": cost,
