@@ -233,8 +233,9 @@ def prepare(name: str, repo: Path, folder: Path, audio: dict, turn_model: Path |
     data["audio"] = {**data.get("audio", {}), **audio}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    # python -m puts the working folder first on the path: run it in the checkout meant
     subprocess.run([sys.executable, "-m", "voicechat", "--config", str(path), "index", str(REPO / "knowledge")],
-                   env=env, check=True, stdout=sys.stderr)
+                   env=env, check=True, stdout=sys.stderr, cwd=repo)
     return Setup(name, repo, path, folder / "sessions", audio)
 
 
@@ -250,7 +251,7 @@ class App:
                "XDG_STATE_HOME": str(folder / "state")}
         command = f"{sys.executable} -m voicechat --config {setup.config}; sleep 60"
         subprocess.run(["tmux", "-L", self.name, "new-session", "-d", "-s", self.name, "-x", "160", "-y", "45",
-                        command], env=env, check=True, timeout=30)
+                        "-c", str(setup.repo), command], env=env, check=True, timeout=30)
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=30).stdout
