@@ -64,15 +64,18 @@ def test_streamed_token2wav_equals_transformers_whole_reply_decode(parts: Compon
     streamed = np.concatenate(pieces)
     assert streamed.size == whole.size == count * 2 * 240
     assert np.abs(streamed - whole).max() <= RELATIVE_TOLERANCE * np.abs(whole).max()
-    if count > 12 * 3:  # one block and its look-ahead: the first audio came before the end
+    if count > 12 * 4:  # two blocks and their look-ahead: the first audio came before the end
         assert next(i for i, p in enumerate(pieces) if p.size) < len(pieces) - 1
 
 
-def test_first_audio_comes_once_one_block_and_its_look_ahead_are_in(parts: Components) -> None:
+def test_first_audio_comes_once_two_blocks_and_their_look_ahead_are_in_then_every_block(
+        parts: Components) -> None:
     session = parts.decoder.session()
-    assert session.push(list(range(35))).size == 0
-    first = session.push([35])
-    assert first.size > 0  # 36 codes = 1 block + 2 blocks of look-ahead
+    assert session.push(list(range(47))).size == 0
+    first = session.push([47])  # 48 codes = 2 blocks + 2 blocks of look-ahead
+    assert first.size == (48 - 20) * 240  # all but the vocoder's 20 frames of right context: 280 ms
+    assert session.push(list(range(48, 59))).size == 0
+    assert session.push([59]).size == 24 * 240  # each later block releases one block of audio
 
 
 # --- the reply stream against transformers' generate --------------------------------------------------

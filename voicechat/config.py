@@ -349,12 +349,12 @@ class DecoderConfig:
 @dataclass(frozen=True)
 class QwenConfig:
     """voice_model: qwen2.5-omni. The talker's codes are decoded by token2wav in windows of DiT
-    blocks (24 mel frames = 12 codes = 0.48 s) with look_back and look_ahead blocks around each."""
+    blocks (24 mel frames = 12 codes = 0.24 s) with look_back and look_ahead blocks around each."""
 
     talker_max_new_tokens: int = field(default=4096, metadata=_range(1, 32768))  # codes: 50 per second
     talker_temperature: float = field(default=0.9, metadata=_range(0.0, 2.0))  # 0: greedy
-    first_chunk_blocks: int = field(default=1, metadata=_range(1, 100))
-    chunk_blocks: int = field(default=3, metadata=_range(1, 100))
+    first_chunk_blocks: int = field(default=2, metadata=_range(1, 100))
+    chunk_blocks: int = field(default=1, metadata=_range(1, 100))
     look_back_blocks: int = field(default=4, metadata=_range(0, 100))
     look_ahead_blocks: int = field(default=2, metadata=_range(0, 100))
     seed: int = field(default=42, metadata=_range(0, 2**31 - 1))  # token2wav's noise

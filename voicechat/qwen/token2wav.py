@@ -30,8 +30,12 @@ class StreamSettings:
     """Measured (DESIGN: one DiT pass is exact with 2 blocks back and 1 ahead; through the
     10-step solver 4 back and 2 ahead differ from the whole decode by ~4e-5)."""
 
-    first_chunk_blocks: int = 1  # the first audio as soon as one block and its look-ahead exist
-    chunk_blocks: int = 3  # later chunks (72 mel frames, as vLLM-Omni's)
+    # The vocoder holds back its last vocoder_context frames until their right side is final, so a
+    # first chunk of one block would release only 4 of its 24 frames (40 ms) and then wait for a
+    # whole later chunk. Two blocks release 280 ms; later chunks of one block then need 12 more codes
+    # (240 ms of speech) each, so playback keeps up whenever the talker does.
+    first_chunk_blocks: int = 2
+    chunk_blocks: int = 1
     look_back: int = 4  # blocks
     look_ahead: int = 2  # blocks
     vocoder_context: int = 20  # mel frames each side of a vocoded chunk
