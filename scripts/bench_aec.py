@@ -28,7 +28,19 @@ Per canceller (``none``: the raw microphone, today's input):
 
 ``webrtc-apm`` 0.1.6 is listed with why it could not be measured (its only wheels are for Windows).
 
+``--barge-in ALONE SPOKEN`` measures instead the rule that decides, while a reply plays, whether a
+speech start is the user (voicechat/audio/barge_in.py): live runs with AEC3 on the echo path, the
+listener's barge-in off so that every reply plays whole (ALONE replies alone, SPOKEN questions over
+a reply at each of 0 and -5 dB), then each run's cleaned audio, as the canceller gave it, through
+voicechat's Listener again with the reply playing as it did: before (any speech start interrupts),
+after (Silero VAD confirms, the default) and the curve over Silero's threshold and the consecutive
+steps it needs. Per rule: false barge-ins per minute of the reply alone after the canceller
+converged (and how many would have become questions), and per level the share of questions that
+interrupt, within 300 ms, latency p50/p90 from the question's onset, and replies cut by the echo
+before the question began. ``--runs FILE`` keeps the live runs, or judges those kept again.
+
     python scripts/bench_aec.py [--live] [--trials 3] > aec.json
+    python scripts/bench_aec.py --barge-in 24 12 --runs runs.pkl > barge_in.json
 """
 
 from __future__ import annotations
@@ -425,7 +437,8 @@ MORE_REPLIES = [
 REPLY_VOICES = [("en-us", 150), ("en-gb", 160), ("en-us+m3", 140), ("en-us+f4", 170)]
 MORE_QUESTIONS = [("Excuse me, can you repeat that?", "en-us+f2"), ("No, I meant the other one.", "en-gb+m4"),
                   ("Sorry, what was the first step?", "en-us+m5")]
-THRESHOLDS = (0.3, 0.5, 0.7, 0.9)  # Silero's probability that confirms a start: the trade-off curve
+THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9)  # Silero's probability that confirms a start ...
+STEPS = (1, 2, 3)  # ... in this many consecutive 32 ms steps: the trade-off curve
 
 
 class Replayed:
@@ -461,9 +474,9 @@ class ReplayedSpeaker:
         self.cut_at = self.clock.now
 
 
-def replay(run: dict, reply_s: float, threshold: float | None) -> dict:
+def replay(run: dict, reply_s: float, rule: tuple[float, int] | None) -> dict:
     """The run's cleaned audio through voicechat's Listener, the reply playing as it did; the
-    barge-in rule: Silero confirming at ``threshold``, or None (any speech start interrupts)."""
+    barge-in rule: Silero confirming at (threshold, steps), or None (any speech start interrupts)."""
     from voicechat.audio.barge_in import BargeInJudge
     from voicechat.audio.listener import Listener
     from voicechat.audio.turn import SileroVad
@@ -473,7 +486,7 @@ def replay(run: dict, reply_s: float, threshold: float | None) -> dict:
     converged = None if run["converged_after_s"] is None else t0 + run["converged_after_s"]
     clock = Replayed(converged)
     speaker = ReplayedSpeaker(t0 + reply_s + 0.15, clock)  # the loopback and the devices' latency
-    judge = None if threshold is None else BargeInJudge(SileroVad.load(), threshold)
+    judge = None if rule is None else BargeInJudge(SileroVad.load(), *rule)
     events: list = []
     listener = Listener(AudioConfig(), events.append, speaker, echo=clock, judge=judge)  # type: ignore[arg-type]
     for cleaned, t_end in blocks:
@@ -517,12 +530,12 @@ def record_barge_in_runs(alone: int, spoken: int) -> dict:
     return runs
 
 
-def barge_in_figures(runs: dict, threshold: float | None) -> dict:
+def barge_in_figures(runs: dict, rule: tuple[float, int] | None) -> dict:
     false, queued, minutes = 0, 0, 0.0
     for run, reply_s in runs["alone"]:
         if run["converged_after_s"] is None:
             continue  # half-duplex throughout: nothing to judge
-        result = replay(run, reply_s, threshold)
+        result = replay(run, reply_s, rule)
         false += result["cut_at"] is not None
         queued += len(result["questions_from_playback"])
         minutes += (reply_s - run["converged_after_s"]) / 60
@@ -531,7 +544,7 @@ def barge_in_figures(runs: dict, threshold: float | None) -> dict:
     for ser in ("0", "-5"):
         delays, early = [], 0
         for run, reply_s in runs[ser]:
-            cut = replay(run, reply_s, threshold)["cut_at"]
+            cut = replay(run, reply_s, rule)["cut_at"]
             if cut is not None and cut < run["onset"] - 0.05:
                 early += 1  # the echo cut the reply before the question began
                 cut = None
@@ -547,18 +560,29 @@ def barge_in_figures(runs: dict, threshold: float | None) -> dict:
     return figures
 
 
-def barge_in_report(alone: int, spoken: int) -> dict:
-    from voicechat.audio.barge_in import THRESHOLD
+def barge_in_report(alone: int, spoken: int, kept: Path | None = None) -> dict:
+    """``kept``: where the live runs are written, or read from when it exists (the same runs,
+    judged again by other rules)."""
+    import pickle
 
-    runs = record_barge_in_runs(alone, spoken)
+    from voicechat.audio.barge_in import STEPS as DEFAULT_STEPS, THRESHOLD
+
+    if kept is not None and kept.exists():
+        runs = pickle.loads(kept.read_bytes())  # written by this script
+    else:
+        runs = record_barge_in_runs(alone, spoken)
+        if kept is not None:
+            kept.write_bytes(pickle.dumps(runs))
+    default = (THRESHOLD, DEFAULT_STEPS)
     minutes = sum(reply_s - (run["converged_after_s"] or reply_s) for run, reply_s in runs["alone"]) / 60
     report = {
         "minutes_of_reply_alone_after_convergence": round(minutes, 2),
         "never_converged": sum(run["converged_after_s"] is None for group in runs.values() for run, _ in group),
-        "questions_per_level": spoken,
+        "questions_per_level": len(runs["0"]),
         "before (any speech start interrupts)": barge_in_figures(runs, None),
-        f"after (Silero confirms at {THRESHOLD}, the default)": barge_in_figures(runs, THRESHOLD),
-        "curve": {str(t): barge_in_figures(runs, t) for t in THRESHOLDS if t != THRESHOLD},
+        f"after (Silero confirms: {DEFAULT_STEPS} steps at {THRESHOLD}, the default)": barge_in_figures(runs, default),
+        "curve (threshold x steps)": {f"{t} x {n}": barge_in_figures(runs, (t, n))
+                                      for t in THRESHOLDS for n in STEPS if (t, n) != default},
     }
     return report
 
@@ -584,9 +608,11 @@ def main() -> None:
     parser.add_argument("--barge-in", nargs=2, type=int, metavar=("ALONE", "SPOKEN"),
                         help="only the barge-in rule on the live echo path with AEC3: ALONE replies "
                              "played alone, SPOKEN questions spoken over a reply at each of 0 and -5 dB")
+    parser.add_argument("--runs", type=Path, help="with --barge-in: keep the live runs in this file, or "
+                                                      "judge the ones already there again")
     args = parser.parse_args()
     if args.barge_in:
-        print(json.dumps({"barge_in": barge_in_report(*args.barge_in)}, indent=2))
+        print(json.dumps({"barge_in": barge_in_report(*args.barge_in, kept=args.runs)}, indent=2))
         return
     report: dict = {"block_ms": BLOCK * 1000 // RATE, "trials": args.trials, "candidates": {}}
     for name in args.only or CANDIDATES:

@@ -1,18 +1,23 @@
 """Barge-in on open speakers: is the speech the endpointer just started while the assistant speaks
 the user's voice, or the assistant's own echo that the canceller let through?
 
-AEC3 removes the echo 20-30 dB deep once it has learnt the room, but when its filter readjusts it
-lets bursts of the reply through, voiced and loud enough for webrtcvad above the noise floor, some
-for a second; each would cut the reply. What these bursts are not is speech to Silero VAD: the
-canceller's suppressor leaves them thin and choppy, and Silero (trained on real voices) scores them
-near zero, while a voice in the room reaches the cleaned audio whole wherever the echo pauses.
+AEC3 removes the echo 20-30 dB deep once it has learnt the room, but when its filter readjusts (or
+the pairing with the played audio slips on a loaded machine) it lets bursts of the reply through,
+voiced and loud enough for webrtcvad above the noise floor, some for a second; each would cut the
+reply. Silero VAD scores most of them lower than a voice in the room: the canceller's suppressor
+leaves them thin and choppy, while the user's voice reaches the cleaned audio whole wherever the
+echo pauses.
 
 So while the assistant speaks, a speech start is a candidate: it interrupts the reply once Silero,
-listening to the cleaned audio, hears speech (probability of at least ``THRESHOLD``) in a step that
-ends after the start was decided. A candidate that ends first is dropped: it never becomes a
-question. Chosen by scripts/bench_aec.py on the live PulseAudio loopback, from the trade-off
-between false barge-ins per minute of the assistant speaking and the questions spoken over it at
-0 and -5 dB that interrupt, and how soon.
+listening to the cleaned audio, hears speech (probability of at least ``THRESHOLD`` in ``STEPS``
+consecutive 32 ms steps, the last ending after the start was decided). A candidate that ends first
+is dropped: it never becomes a question.
+
+Chosen by scripts/bench_aec.py --barge-in on the live PulseAudio loopback (the trade-off between
+false barge-ins per minute of the assistant speaking and the questions spoken over it at 0 and
+-5 dB that interrupt, and how soon). A strict threshold removes most false barge-ins but not all:
+some bursts pass the echo through almost unchanged, and they are speech to Silero too. Telling those
+apart needs the played audio itself (the burst follows it; the user does not).
 """
 
 from __future__ import annotations
@@ -25,19 +30,22 @@ from voicechat.audio.resample import MODEL_RATE
 from voicechat.audio.turn import SILERO_WINDOW, SileroVad
 from voicechat.errors import ModelError
 
-THRESHOLD = 0.5  # Silero's speech probability that confirms a candidate (its usual onset)
+THRESHOLD = 0.9  # Silero's speech probability that confirms a candidate
+STEPS = 1  # consecutive 32 ms steps at or above it
 STEP_S = SILERO_WINDOW / MODEL_RATE
 KEPT_STEPS = 256  # ~8 s of Silero's answers, far longer than any candidate waits
 
 
 class BargeInJudge:
     """``judge.push(cleaned)`` with every block of cleaned int16 audio the endpointer hears;
-    ``judge.speech_after(t)`` says whether Silero heard speech in a step ending after ``t`` (the
-    endpointer's clock: :meth:`restart` gives the time of the next sample pushed)."""
+    ``judge.speech_after(t)`` says whether Silero heard speech in ``steps`` consecutive steps, the
+    last ending after ``t`` (the endpointer's clock: :meth:`restart` gives the time of the next
+    sample pushed)."""
 
-    def __init__(self, silero: SileroVad, threshold: float = THRESHOLD) -> None:
+    def __init__(self, silero: SileroVad, threshold: float = THRESHOLD, steps: int = STEPS) -> None:
         self.silero = silero
         self.threshold = threshold
+        self.steps = steps
         self._steps: deque[tuple[float, float]] = deque(maxlen=KEPT_STEPS)  # (end time, probability)
         self._pushed = 0
         self._origin = 0.0
@@ -56,7 +64,12 @@ class BargeInJudge:
         self._pushed += cleaned.size
 
     def speech_after(self, t: float) -> bool:
-        return any(end > t and probability >= self.threshold for end, probability in self._steps)
+        run = 0
+        for end, probability in self._steps:
+            run = run + 1 if probability >= self.threshold else 0
+            if run >= self.steps and end > t:
+                return True
+        return False
 
 
 def load_barge_in_judge() -> tuple[BargeInJudge | None, str | None]:
