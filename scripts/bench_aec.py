@@ -28,7 +28,19 @@ Per canceller (``none``: the raw microphone, today's input):
 
 ``webrtc-apm`` 0.1.6 is listed with why it could not be measured (its only wheels are for Windows).
 
+``--barge-in ALONE SPOKEN`` measures instead the rule that decides, while a reply plays, whether a
+speech start is the user (voicechat/audio/barge_in.py): live runs with AEC3 on the echo path, the
+listener's barge-in off so that every reply plays whole (ALONE replies alone, SPOKEN questions over
+a reply at each of 0 and -5 dB), then each run's cleaned audio, as the canceller gave it, through
+voicechat's Listener again with the reply playing as it did: before (any speech start interrupts),
+after (Silero VAD confirms, the default) and the curve over Silero's threshold and the consecutive
+steps it needs. Per rule: false barge-ins per minute of the reply alone after the canceller
+converged (and how many would have become questions), and per level the share of questions that
+interrupt, within 300 ms, latency p50/p90 from the question's onset, and replies cut by the echo
+before the question began. ``--runs FILE`` keeps the live runs, or judges those kept again.
+
     python scripts/bench_aec.py [--live] [--trials 3] > aec.json
+    python scripts/bench_aec.py --barge-in 24 12 --runs runs.pkl > barge_in.json
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from tests.support.pulse import EchoPath, room_response, restore, start_private_
 from tests.support.speech import speak  # noqa: E402
 from voicechat.audio.echo import FRAME, EchoCanceller, PlayedAudio, webrtc_aec3  # noqa: E402
 from voicechat.audio.endpointer import Endpointer  # noqa: E402
-from voicechat.audio.events import Interrupted, SpeechStarted  # noqa: E402
+from voicechat.audio.events import Interrupted, SpeechStarted, UtteranceEnded  # noqa: E402
 from voicechat.config import AudioConfig, VadConfig  # noqa: E402
 
 RATE = 16000
@@ -272,6 +284,7 @@ class Tap:
         self.first_t: float | None = None
         self.converged_at: float | None = None  # seconds into the stream
         self.spent = 0.0
+        self.blocks: list[tuple[np.ndarray, float]] = []  # (cleaned, t_end) as the listener got them
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str):
@@ -294,6 +307,7 @@ class Tap:
                 self.converged_at = t_end - self.first_t
             self.raw.append(samples.copy())
             self.out.append(cleaned.copy())
+            self.blocks.append((cleaned.copy(), t_out))
         return cleaned, t_out
 
     def streams(self) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +351,7 @@ def live_run(factory, reply: np.ndarray, question: np.ndarray | None, config: Au
     while not events.empty():
         seen.append(events.get())
     raw, out = tap.streams()
-    return {"raw": raw, "out": out, "t0": tap.first_t, "events": seen, "played_s": played_s,
+    return {"raw": raw, "out": out, "t0": tap.first_t, "events": seen, "played_s": played_s, "blocks": tap.blocks,
             "converged_after_s": tap.converged_at, "ms_per_frame": tap.spent * 1000 / (raw.size / FRAME)}
 
 
@@ -408,6 +422,171 @@ def _onset(raw: np.ndarray, question: np.ndarray) -> float:
     return (int(np.argmax(np.abs(scores))) + int(loud[0])) / RATE
 
 
+# --- barge-in on the live echo path: the rule that confirms a speech start while the reply plays ----
+
+MORE_REPLIES = [
+    "A good night's sleep starts hours before bed: dim the lights, keep the room cool, and put the phone "
+    "away, because the blue light tells your brain it is still day.",
+    "The Amazon river carries more water than the next seven largest rivers together, and its basin "
+    "covers about forty percent of South America.",
+    "To boil an egg, lower it into boiling water, wait seven minutes for a soft centre or ten for a firm "
+    "one, then cool it in cold water so that it peels easily.",
+    "Bicycles were first built in the early eighteen hundreds without pedals; riders pushed along the "
+    "ground with their feet, which is why they were called running machines.",
+]
+REPLY_VOICES = [("en-us", 150), ("en-gb", 160), ("en-us+m3", 140), ("en-us+f4", 170)]
+MORE_QUESTIONS = [("Excuse me, can you repeat that?", "en-us+f2"), ("No, I meant the other one.", "en-gb+m4"),
+                  ("Sorry, what was the first step?", "en-us+m5")]
+THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9)  # Silero's probability that confirms a start ...
+STEPS = (1, 2, 3)  # ... in this many consecutive 32 ms steps: the trade-off curve
+
+
+class Replayed:
+    """What the canceller gave the listener on a live run, given to a listener again: the cleaned
+    blocks with their stamps, converged from where the live canceller was."""
+
+    def __init__(self, converged_at: float | None) -> None:
+        self.converged_at = converged_at  # monotonic time; None: it never converged
+        self.now = 0.0
+        self.input_latency_s = 0.0
+
+    @property
+    def converged(self) -> bool:
+        return self.converged_at is not None and self.now >= self.converged_at
+
+    def process(self, samples: np.ndarray, t_end: float) -> tuple[np.ndarray, float]:
+        return samples, t_end
+
+
+class ReplayedSpeaker:
+    """The player on that run: playing until the reply's last sample was heard, unless cut."""
+
+    def __init__(self, until: float, clock: Replayed) -> None:
+        self.until, self.clock = until, clock
+        self.cut_at: float | None = None  # the audio clock's time of the interruption
+        self.played_s = 0.0
+
+    @property
+    def playing(self) -> bool:
+        return self.cut_at is None and self.clock.now < self.until
+
+    def flush(self) -> None:
+        self.cut_at = self.clock.now
+
+
+def replay(run: dict, reply_s: float, rule: tuple[float, int] | None) -> dict:
+    """The run's cleaned audio through voicechat's Listener, the reply playing as it did; the
+    barge-in rule: Silero confirming at (threshold, steps), or None (any speech start interrupts)."""
+    from voicechat.audio.barge_in import BargeInJudge
+    from voicechat.audio.listener import Listener
+    from voicechat.audio.turn import SileroVad
+
+    blocks = run["blocks"]
+    t0 = run["t0"]
+    converged = None if run["converged_after_s"] is None else t0 + run["converged_after_s"]
+    clock = Replayed(converged)
+    speaker = ReplayedSpeaker(t0 + reply_s + 0.15, clock)  # the loopback and the devices' latency
+    judge = None if rule is None else BargeInJudge(SileroVad.load(), *rule)
+    events: list = []
+    listener = Listener(AudioConfig(), events.append, speaker, echo=clock, judge=judge)  # type: ignore[arg-type]
+    for cleaned, t_end in blocks:
+        if cleaned.size:
+            clock.now = t_end
+            listener._block(cleaned, t_end)
+    questions = [e for e in events if isinstance(e, UtteranceEnded) and e.start < speaker.until]
+    return {"cut_at": speaker.cut_at, "questions_from_playback": questions}
+
+
+def record_barge_in_runs(alone: int, spoken: int) -> dict:
+    """Live runs with barge-in off, so that each reply plays whole and the cleaned audio of all of
+    it is kept: replies alone, and replies with a question spoken over them at 0 and -5 dB."""
+    server = start_private_server()
+    previous = use_server(server)
+    path = EchoPath(server, gain_db=ECHO_GAIN_DB)
+    config = AudioConfig(barge_in=False)
+    replies = REPLIES + MORE_REPLIES
+    runs: dict = {"alone": [], "0": [], "-5": []}
+    try:
+        for trial in range(alone):
+            voice, speed = REPLY_VOICES[(trial // len(replies) + trial) % len(REPLY_VOICES)]
+            reply = level(speak(replies[trial % len(replies)], voice, speed), REPLY_DBFS)
+            runs["alone"].append((live_run(webrtc_aec3, reply, None, config, server), reply.size / RATE))
+            print(f"barge-in: alone {trial + 1}/{alone}", file=sys.stderr, flush=True)
+        questions = QUESTIONS + MORE_QUESTIONS
+        for ser in (0, -5):
+            for trial in range(spoken):
+                voice, speed = REPLY_VOICES[trial % len(REPLY_VOICES)]
+                reply = level(speak(replies[trial % len(replies)], voice, speed), REPLY_DBFS)
+                text, asker = questions[trial % len(questions)]
+                question = level(speak(text, asker, 170), REPLY_DBFS + ECHO_GAIN_DB + ser)
+                run = live_run(webrtc_aec3, reply, question, config, server)
+                run["onset"] = run["t0"] + _onset(run["raw"], question)
+                runs[str(ser)].append((run, reply.size / RATE))
+                print(f"barge-in: {ser} dB {trial + 1}/{spoken}", file=sys.stderr, flush=True)
+    finally:
+        path.stop()
+        server.stop()
+        restore(previous)
+    return runs
+
+
+def barge_in_figures(runs: dict, rule: tuple[float, int] | None) -> dict:
+    false, queued, minutes = 0, 0, 0.0
+    for run, reply_s in runs["alone"]:
+        if run["converged_after_s"] is None:
+            continue  # half-duplex throughout: nothing to judge
+        result = replay(run, reply_s, rule)
+        false += result["cut_at"] is not None
+        queued += len(result["questions_from_playback"])
+        minutes += (reply_s - run["converged_after_s"]) / 60
+    figures: dict = {"false_barge_ins": false, "false_questions_queued": queued,
+                     "false_barge_ins_per_min": round(false / minutes, 2)}
+    for ser in ("0", "-5"):
+        delays, early = [], 0
+        for run, reply_s in runs[ser]:
+            cut = replay(run, reply_s, rule)["cut_at"]
+            if cut is not None and cut < run["onset"] - 0.05:
+                early += 1  # the echo cut the reply before the question began
+                cut = None
+            delays.append(None if cut is None else cut - run["onset"])
+        found = [d for d in delays if d is not None]
+        figures[f"{ser}dB"] = {
+            "detected": round(len(found) / len(delays), 3),
+            "within_300ms": round(sum(d <= 0.3 for d in found) / len(delays), 3),
+            "latency_ms_p50": round(float(np.percentile(found, 50)) * 1000) if found else None,
+            "latency_ms_p90": round(float(np.percentile(found, 90)) * 1000) if found else None,
+            "cut_before_the_question": early,
+        }
+    return figures
+
+
+def barge_in_report(alone: int, spoken: int, kept: Path | None = None) -> dict:
+    """``kept``: where the live runs are written, or read from when it exists (the same runs,
+    judged again by other rules)."""
+    import pickle
+
+    from voicechat.audio.barge_in import STEPS as DEFAULT_STEPS, THRESHOLD
+
+    if kept is not None and kept.exists():
+        runs = pickle.loads(kept.read_bytes())  # written by this script
+    else:
+        runs = record_barge_in_runs(alone, spoken)
+        if kept is not None:
+            kept.write_bytes(pickle.dumps(runs))
+    default = (THRESHOLD, DEFAULT_STEPS)
+    minutes = sum(reply_s - (run["converged_after_s"] or reply_s) for run, reply_s in runs["alone"]) / 60
+    report = {
+        "minutes_of_reply_alone_after_convergence": round(minutes, 2),
+        "never_converged": sum(run["converged_after_s"] is None for group in runs.values() for run, _ in group),
+        "questions_per_level": len(runs["0"]),
+        "before (any speech start interrupts)": barge_in_figures(runs, None),
+        f"after (Silero confirms: {DEFAULT_STEPS} steps at {THRESHOLD}, the default)": barge_in_figures(runs, default),
+        "curve (threshold x steps)": {f"{t} x {n}": barge_in_figures(runs, (t, n))
+                                      for t in THRESHOLDS for n in STEPS if (t, n) != default},
+    }
+    return report
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -426,7 +605,15 @@ def main() -> None:
     parser.add_argument("--live", action="store_true", help="also measure on PulseAudio virtual devices")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=list(CANDIDATES), help="measure only these")
+    parser.add_argument("--barge-in", nargs=2, type=int, metavar=("ALONE", "SPOKEN"),
+                        help="only the barge-in rule on the live echo path with AEC3: ALONE replies "
+                             "played alone, SPOKEN questions spoken over a reply at each of 0 and -5 dB")
+    parser.add_argument("--runs", type=Path, help="with --barge-in: keep the live runs in this file, or "
+                                                      "judge the ones already there again")
     args = parser.parse_args()
+    if args.barge_in:
+        print(json.dumps({"barge_in": barge_in_report(*args.barge_in, kept=args.runs)}, indent=2))
+        return
     report: dict = {"block_ms": BLOCK * 1000 // RATE, "trials": args.trials, "candidates": {}}
     for name in args.only or CANDIDATES:
         ok, why = available(name)

@@ -205,6 +205,7 @@ class LiveConversation:
         if not self.use_audio:
             self.emit(Notice("no microphone: press / to type your questions"))
             return
+        from voicechat.audio.barge_in import load_barge_in_judge
         from voicechat.audio.echo import load_echo_canceller
         from voicechat.audio.listener import Listener
         from voicechat.audio.turn import load_turn_detector
@@ -215,7 +216,13 @@ class LiveConversation:
         echo, warning = load_echo_canceller(self.config.audio.echo_cancellation, self.player)
         if warning:
             self.emit(Notice(warning))
-        listener = Listener(self.config.audio, self.session.on_audio, self.player, turn=turn, echo=echo)
+        judge = None
+        if echo is not None and self.config.audio.barge_in is not False:
+            judge, warning = load_barge_in_judge()
+            if warning:
+                self.emit(Notice(warning))
+        listener = Listener(self.config.audio, self.session.on_audio, self.player, turn=turn, echo=echo,
+                            judge=judge)
         try:
             listener.start()
             self.listener = listener

@@ -6,7 +6,10 @@ turn model, push-to-talk recordings, and so the speech tokenizer and SONAR) hear
 with the assistant's voice taken out, and barge-in is on unless ``audio.barge_in: false`` (from
 the moment the canceller has learnt the echo path; half-duplex until then): speech during
 playback interrupts it: playback is flushed, ``on_interrupt`` is called so the engine
-cancels the reply, and the new utterance is captured from its pre-roll as usual.
+cancels the reply, and the new utterance is captured from its pre-roll as usual. With a
+:class:`~voicechat.audio.barge_in.BargeInJudge`, a speech start while the reply plays is only a
+candidate, held back until Silero confirms it on the cleaned audio: the canceller's residual echo
+then neither cuts the reply nor becomes a question.
 
 Without one, half-duplex (unless ``audio.barge_in: true``, for headphones): while a reply plays,
 and for ``echo_tail_ms`` after it, the microphone is ignored, because with loudspeakers it hears
@@ -21,10 +24,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from voicechat.audio.barge_in import STEP_S, BargeInJudge
 from voicechat.audio.capture import Capture
 from voicechat.audio.echo import EchoCanceller
 from voicechat.audio.endpointer import Endpointer
-from voicechat.audio.events import AudioEvent, DeviceFailed, Interrupted, SpeechStarted
+from voicechat.audio.events import (
+    AudioEvent, DeviceFailed, Interrupted, Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded,
+)
 from voicechat.audio.resample import MODEL_RATE
 from voicechat.audio.turn import TurnDetector
 from voicechat.config import AudioConfig
@@ -56,8 +62,10 @@ class Listener:
         on_interrupt: Callable[[], None] | None = None,
         turn: TurnDetector | None = None,
         echo: EchoCanceller | None = None,
+        judge: BargeInJudge | None = None,
     ) -> None:
         self.config = config
+        self.judge = judge  # confirms speech during playback (with echo cancelled); None: any speech
         self.echo = echo  # the assistant's voice taken out of the microphone; None: not available
         self.turn = turn  # the learned end of turn (audio.turn: smart); None: silence alone
         self.on_event = on_event
@@ -70,6 +78,8 @@ class Listener:
         self._deaf_until = 0.0  # half-duplex: ignore the microphone until then
         self._recording: list[np.ndarray] | None = None  # push-to-talk: every block while held
         self._recording_lock = threading.Lock()
+        self._held: list[AudioEvent] | None = None  # a speech start during playback, not yet confirmed
+        self._judged_from = 0.0  # Silero's steps ending after this count for the held start
 
     def start(self, device: str | int | None = None) -> None:
         """Open the microphone (``device``, else audio.input_device) and start listening. Raises
@@ -146,12 +156,41 @@ class Listener:
             if self.turn is not None:
                 self.turn.reset()  # a reopened microphone is a new stream
             self.endpointer = Endpointer(self.config.vad, origin=origin, turn=self.turn)
+            if self.judge is not None:
+                self.judge.restart(origin)
+            self._held = None
+        if self.judge is not None:
+            self.judge.push(samples)
         if self._half_duplex_deaf(t_end):
             self.endpointer.skip(samples.size)
+            self._held = None
             return
         for event in self.endpointer.push(samples):
-            if isinstance(event, SpeechStarted) and self.speaker is not None and self.speaker.playing:
+            self._speech_event(event)
+        if self._held is not None and self.judge.speech_after(self._judged_from):
+            self._barge_in()
+
+    def _speech_event(self, event: AudioEvent) -> None:
+        playing = self.speaker is not None and self.speaker.playing
+        if isinstance(event, SpeechStarted) and playing and self.judge is not None:
+            self._held = [event]  # the user, or the canceller's residual echo: Silero decides
+            self._judged_from = event.t - STEP_S  # the step that ends as the start is decided counts
+        elif self._held is not None and not isinstance(event, Level):
+            self._held.append(event)
+            if isinstance(event, (UtteranceEnded, UtteranceDiscarded)):
+                self._held = None  # it ended unconfirmed: the echo, dropped without a trace
+        else:
+            if isinstance(event, SpeechStarted) and playing:
                 self.interrupt(by="speech")
+            self.on_event(event)
+
+    def _barge_in(self) -> None:
+        """The held speech start is the user's: cut the reply (if it still plays), then pass on
+        what was held, so the utterance reaches the conversation whole."""
+        held, self._held = self._held, None
+        if self.speaker is not None and self.speaker.playing:
+            self.interrupt(by="speech")
+        for event in held:
             self.on_event(event)
 
     def _half_duplex_deaf(self, now: float) -> bool:
