@@ -7,6 +7,7 @@ import dataclasses
 import json
 import threading
 import time
+import yaml
 import urllib.request
 from pathlib import Path
 
@@ -83,6 +84,36 @@ def test_ask_through_the_remote_engine_gives_the_reply_of_the_same_turn_in_proce
     assert remote_audio.size > 0 and np.array_equal(remote_audio, here_audio)
     assert remote["timings"]["network_ms"] > 0 and here["timings"]["network_ms"] is None
     assert remote["timings"]["tokenize_ms"] > 0 and remote["timings"]["first_audio_ms"] > 0
+
+
+def test_a_remote_engine_serving_qwen_omni_gives_the_reply_of_the_same_turn_in_process(
+        tiny_qwen_models_dir: Path, tmp_path: Path, capsys) -> None:
+    data = yaml.safe_load((tiny_qwen_models_dir / "config.yaml").read_text())
+    data["retrieval"] = {**data.get("retrieval", {}), "rag": "off"}
+    data["generation"] = {**data.get("generation", {}), "temperature": 0.0}
+    data["qwen"] = {**data.get("qwen", {}), "talker_temperature": 0.0}  # greedy: a reply is its prompt's
+    data["sessions"] = {"dir": str(tmp_path / "sessions")}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    question = tmp_path / "question.wav"
+    write_wav(question, vowels(1.0), 16000)
+    server = EngineServerProcess(config, tmp_path / "server.log")
+    try:
+        replies = {}
+        for where, flags in (("here", []), ("remote", ["--engine-url", server.url, "--engine-token-env", TOKEN_ENV])):
+            out = tmp_path / f"{where}.wav"
+            assert main(["--config", str(config), "--threads", "1", *flags, "ask", str(question),
+                         "--out", str(out), "--json"]) == 0
+            replies[where] = (json.loads(capsys.readouterr().out), *read_audio(out))
+        assert main(["--config", str(config), "--engine-url", server.url, "--engine-token-env", TOKEN_ENV,
+                     "doctor"]) in (0, 1)  # no audio devices here is a failed check
+        doctor = capsys.readouterr().out
+    finally:
+        server.stop()
+    (here, here_audio, here_rate), (remote, remote_audio, remote_rate) = replies["here"], replies["remote"]
+    assert remote["reply"] == here["reply"] and remote["problems"] == []
+    assert remote_rate == here_rate == 24000 and remote_audio.size > 0 and np.array_equal(remote_audio, here_audio)
+    assert "remote engine" in doctor and "qwen2.5-omni" in doctor
 
 
 def test_concurrent_conversations_each_get_the_replies_to_their_own_questions_and_history(

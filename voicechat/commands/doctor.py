@@ -96,7 +96,8 @@ def engine_check(config: Config) -> Check:
     models = welcome.get("models", {})
     modes = ", ".join(welcome.get("modes", ())) or "none"
     detail = (f"{welcome.get('server')} (protocol {welcome.get('protocol')}) at {config.engine.url}: "
-              f"LM {models.get('lm')} ({models.get('backend')}), retrieval modes {modes}")
+              f"{welcome.get('voice_model', 'glm-4-voice')} {models.get('lm') or models.get('omni')} "
+              f"({models.get('backend')}), retrieval modes {modes}")
     if models.get("knowledge"):
         detail += f", knowledge {models['knowledge']}"
     return Check("remote engine", True, detail)
