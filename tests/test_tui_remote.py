@@ -56,7 +56,10 @@ def test_spoken_question_to_a_remote_engine_becomes_a_turn_on_screen(pulse: Puls
     terminal.wait_until(lambda s: "LISTENING" in s, 120, "the app to connect and listen")
     question = speak("How long should green tea steep?")
     padded = np.concatenate([np.zeros(MIC_RATE // 2, np.float32), question, np.zeros(MIC_RATE * 2, np.float32)])
-    pulse.play(padded, MIC_RATE).wait(timeout=60)
+    for _ in range(3):  # LISTENING can show a moment before the microphone's stream delivers audio
+        pulse.play(padded, MIC_RATE).wait(timeout=60)
+        if poll(terminal, lambda s: any(state in s for state in ("HEARING", "PAUSING", "THINKING", "SPEAKING", "total")), 20):
+            break
     screen = terminal.wait_until(lambda s: "total" in s and "LISTENING" in s, 300, "the turn to complete")
     assert "Assistant" in screen
     assert re.search(r"^\W*1\s+0\.\d{3}\s+✔", screen, re.M)  # the sources the server found
@@ -67,6 +70,15 @@ def test_spoken_question_to_a_remote_engine_becomes_a_turn_on_screen(pulse: Puls
     assert turn["timings"]["network_ms"] is not None
     terminal.press("q")
     terminal.wait_until(lambda s: "LISTENING" not in s, 60, "the app to quit")
+
+
+def poll(terminal: screen_support.Terminal, condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition(terminal.screen()):
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def says(screen: str, text: str) -> bool:
