@@ -30,7 +30,7 @@ from voicechat.glm.demux import ReplyEnded, ReplyFailed, ReplySpeech, ReplyText,
 from voicechat.glm.lm import LMBackend, SamplingParams
 from voicechat.glm.prompt import FALLBACK_INSTRUCTION, Conversation, Passage, Prompt, PromptBuilder, needs_fallback
 from voicechat.glm.text_tokenizer import GlmTextTokenizer
-from voicechat.hold import HeldSpeaker, Hold
+from voicechat.hold import HeldSpeaker, Hold, run_or_hold
 from voicechat.worker import Worker
 
 TOKENS_PER_SECOND = 12.5  # GLM-4-Voice's speech tokens per second of reply audio (a decoder may say otherwise)
@@ -267,10 +267,7 @@ class _Turn:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
-        if self.hold is None:
-            self.engine.emit_to_driver(event)
-        else:
-            self.hold.run(lambda: self.engine.emit_to_driver(event))
+        run_or_hold(self.hold, lambda: self.engine.emit_to_driver(event))
 
     def run(self) -> TurnResult:
         q = self.question

@@ -85,6 +85,14 @@ class Hold:
         return self.released
 
 
+def run_or_hold(hold: Hold | None, action: Callable[[], None]) -> None:
+    """Runs ``action`` now when the turn is not held, else when its hold is released."""
+    if hold is None:
+        action()
+    else:
+        hold.run(action)
+
+
 class HeldSpeaker:
     """The engine's speaker for a held turn: calls wait in the hold; the first audio pushed waits
     there with the decoder until the decision. A device error met when the kept calls are made

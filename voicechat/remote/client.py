@@ -27,7 +27,7 @@ from voicechat.events import (
     TurnStarted, TurnTimings,
 )
 from voicechat.glm.prompt import Conversation, Prompt
-from voicechat.hold import HeldSpeaker
+from voicechat.hold import HeldSpeaker, run_or_hold
 from voicechat.remote import codec, protocol
 
 WELCOME_TIMEOUT_S = 30.0
@@ -416,10 +416,7 @@ class _RemoteTurn:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
-        if self.hold is None:
-            self.engine.emit_to_driver(event)
-        else:
-            self.hold.run(lambda: self.engine.emit_to_driver(event))
+        run_or_hold(self.hold, lambda: self.engine.emit_to_driver(event))
 
     def fail(self, message: str) -> None:
         self.emit(StageFailed(stage=STAGE, message=message))
