@@ -4,13 +4,12 @@ spk_dict.pt (the speakers Chelsie and Ethan: talker start token, speaker vector,
 a byte-level BPE tokenizer with Qwen's special tokens and chat template, and the Whisper feature
 extractor's preprocessor_config.json.
 
-"full" is the 7B or 3B architecture for benchmarks (several GB). What is verified against published
-facts (see FULL_SIZES): both thinkers; the 7B talker; the audio encoder (32 layers of 1280, as
+"full" is the 7B or 3B architecture for benchmarks (several GB), checked against published facts
+(see FULL_SIZES): both thinkers; both talkers; the audio encoder (32 layers of 1280, as
 transformers' defaults and a printed 7B model); the vision encoder (1280 wide, 32 blocks: with its
 merger that is the 675M parameters the technical report gives); token2wav (transformers' DiT and
-BigVGAN defaults; spk_dict.pt's speaker vector of 192 and reference mel of 400 x 80 frames). Not
-verified: the 3B talker, which copies Qwen2.5-0.5B's shape. "tiny" keeps every
-size consistent the way the published config does (thinker hidden = audio output = talker
+BigVGAN defaults; spk_dict.pt's speaker vector of 192 and reference mel of 400 x 80 frames). "tiny"
+keeps every size consistent the way the published config does (thinker hidden = audio output = talker
 embedding size; half the talker head = sum of the M-RoPE sections; DiT and BigVGAN share the mel
 size; codec vocabulary 8448 so the talker's end codes 8292/8294 exist).
 """
@@ -42,10 +41,11 @@ CHAT_TEMPLATE = (
 )
 
 # Full sizes. Thinkers: Qwen2.5-7B/3B, as transformers' Qwen2_5OmniTextConfig defaults (7B) and
-# copies of both published config.json files' text_config. 7B talker: a copy of the published
-# talker_config (896 wide, 12 heads of 128, 4 KV heads, 24 layers, MLP 18944) whose heads are 128
-# wide as its rotary dimension; transformers' talker defaults are the thinker's sizes, not the
-# talker's. 3B talker: unverified (Qwen2.5-0.5B's shape).
+# copies of both published config.json files' text_config; both keep an lm_head of their own (the
+# 3B one too, unlike Qwen2.5-3B's tied embeddings). Talkers: copies of the published talker_config
+# (7B: 896 wide, 12 heads of 128, 4 KV heads, 24 layers, MLP 18944; 3B: Qwen2.5-0.5B's shape, 896
+# wide, 14 heads of 64, 2 KV heads, 24 layers, MLP 4864, M-RoPE sections [16, 16, 0]), each
+# head as wide as its rotary dimension; transformers' talker defaults are the thinker's sizes.
 FULL_SIZES: dict[str, dict[str, Any]] = {
     "7B": dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                          num_attention_heads=28, num_key_value_heads=4),
@@ -56,7 +56,7 @@ FULL_SIZES: dict[str, dict[str, Any]] = {
                          num_attention_heads=16, num_key_value_heads=2),
                talker=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                            num_key_value_heads=2, head_dim=64),
-               talker_mrope=[16, 8, 8]),
+               talker_mrope=[16, 16, 0]),
 }
 # Qwen2.5-VL's vision tower (transformers' default hidden_size, 3584, is the language model's)
 FULL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16)
@@ -184,7 +184,7 @@ def omni_config(size: str, ids: dict[str, int], variant: str = "7B") -> Any:
     if size == "full":
         dims = FULL_SIZES[variant]
         text = dict(dims["text"], rope_scaling={"type": "default", "mrope_section": [16, 24, 24]},
-                    max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=variant == "3B")
+                    max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=False)
         hidden = text["hidden_size"]
         audio = dict(output_dim=hidden)
         vision = dict(FULL_VISION, out_hidden_size=hidden)
