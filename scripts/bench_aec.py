@@ -29,12 +29,13 @@ Per canceller (``none``: the raw microphone, today's input):
 ``webrtc-apm`` 0.1.6 is listed with why it could not be measured (its only wheels are for Windows).
 
 ``--barge-in ALONE SPOKEN`` measures instead the rule that decides, while a reply plays, whether a
-speech start is the user (voicechat/audio/barge_in.py): live runs with AEC3 on the echo path, the
-listener's barge-in off so that every reply plays whole (ALONE replies alone, SPOKEN questions over
-a reply at each of 0 and -5 dB), then each run's cleaned audio, as the canceller gave it, through
-voicechat's Listener again with the reply playing as it did: before (any speech start interrupts),
-after (Silero VAD confirms, the default) and the curve over Silero's threshold and the consecutive
-steps it needs. Per rule: false barge-ins per minute of the reply alone after the canceller
+speech start is the user (voicechat/audio/barge_in.py, voicechat/audio/double_talk.py): live runs
+with AEC3 on the echo path, the listener's barge-in off so that every reply plays whole (ALONE
+replies alone, SPOKEN questions over a reply at each of 0 and -5 dB), then each run's cleaned
+audio, as the canceller gave it, through voicechat's Listener again with the reply playing as it
+did: before (any speech start interrupts), Silero VAD confirming alone, and after (Silero confirms,
+and the double-talk detector, fed the microphone and played audio the canceller paired, decides
+where the echo is expected: the default), with the detector's CPU time per 10 ms. Per rule: false barge-ins per minute of the reply alone after the canceller
 converged (and how many would have become questions), and per level the share of questions that
 interrupt, within 300 ms, latency p50/p90 from the question's onset, and replies cut by the echo
 before the question began. ``--runs FILE`` keeps the live runs, or judges those kept again.
@@ -274,10 +275,33 @@ def barge_in_summary(detected: dict[str, list[float | None]]) -> dict:
 # --- live echo path on PulseAudio -----------------------------------------------------------------
 
 
+class PairedFrames:
+    """An Apm that keeps the microphone and played audio exactly as the canceller paired them."""
+
+    def __init__(self, apm) -> None:
+        self.apm = apm
+        self.near: list[np.ndarray] = []
+        self.far: list[np.ndarray] = []
+
+    @property
+    def stream_delay_ms(self) -> int:
+        return self.apm.stream_delay_ms
+
+    @stream_delay_ms.setter
+    def stream_delay_ms(self, value: int) -> None:
+        self.apm.stream_delay_ms = value
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        self.near.append(near.copy())
+        self.far.append(far.copy())
+        return self.apm.process(near, far)
+
+
 class Tap:
     """An EchoCanceller that also keeps what went in and out, with the blocks' stamps."""
 
     def __init__(self, canceller: EchoCanceller) -> None:
+        canceller.apm = PairedFrames(canceller.apm)
         self.canceller = canceller
         self.raw: list[np.ndarray] = []
         self.out: list[np.ndarray] = []
@@ -351,7 +375,10 @@ def live_run(factory, reply: np.ndarray, question: np.ndarray | None, config: Au
     while not events.empty():
         seen.append(events.get())
     raw, out = tap.streams()
-    return {"raw": raw, "out": out, "t0": tap.first_t, "events": seen, "played_s": played_s, "blocks": tap.blocks,
+    paired = tap.canceller.apm
+    return {"raw": raw, "out": out, "t0": tap.first_t,
+            "near": np.concatenate(paired.near or [np.zeros(0, np.int16)]),
+            "far": np.concatenate(paired.far or [np.zeros(0, np.int16)]), "events": seen, "played_s": played_s, "blocks": tap.blocks,
             "converged_after_s": tap.converged_at, "ms_per_frame": tap.spent * 1000 / (raw.size / FRAME)}
 
 
@@ -437,24 +464,33 @@ MORE_REPLIES = [
 REPLY_VOICES = [("en-us", 150), ("en-gb", 160), ("en-us+m3", 140), ("en-us+f4", 170)]
 MORE_QUESTIONS = [("Excuse me, can you repeat that?", "en-us+f2"), ("No, I meant the other one.", "en-gb+m4"),
                   ("Sorry, what was the first step?", "en-us+m5")]
-THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9)  # Silero's probability that confirms a start ...
-STEPS = (1, 2, 3)  # ... in this many consecutive 32 ms steps: the trade-off curve
 
 
 class Replayed:
     """What the canceller gave the listener on a live run, given to a listener again: the cleaned
-    blocks with their stamps, converged from where the live canceller was."""
+    blocks with their stamps, converged from where the live canceller was, and (``double_talk``)
+    the microphone and played audio it paired, heard by a NearEndDetector as in a conversation."""
 
-    def __init__(self, converged_at: float | None) -> None:
+    def __init__(self, run: dict, converged_at: float | None, double_talk: bool) -> None:
+        from voicechat.audio.double_talk import NearEndDetector
+
         self.converged_at = converged_at  # monotonic time; None: it never converged
         self.now = 0.0
         self.input_latency_s = 0.0
+        self.near_end = NearEndDetector()
+        self._paired = (run["near"], run["far"]) if double_talk else None
+        self._done = 0
 
     @property
     def converged(self) -> bool:
         return self.converged_at is not None and self.now >= self.converged_at
 
     def process(self, samples: np.ndarray, t_end: float) -> tuple[np.ndarray, float]:
+        if self._paired is not None:
+            near, far = self._paired
+            span = slice(self._done, self._done + samples.size)
+            self.near_end.push(near[span], far[span])
+        self._done += samples.size
         return samples, t_end
 
 
@@ -474,9 +510,10 @@ class ReplayedSpeaker:
         self.cut_at = self.clock.now
 
 
-def replay(run: dict, reply_s: float, rule: tuple[float, int] | None) -> dict:
+def replay(run: dict, reply_s: float, rule: tuple[float, int] | None, double_talk: bool = False) -> dict:
     """The run's cleaned audio through voicechat's Listener, the reply playing as it did; the
-    barge-in rule: Silero confirming at (threshold, steps), or None (any speech start interrupts)."""
+    barge-in rule: Silero confirming at (threshold, steps), or None (any speech start interrupts),
+    and with ``double_talk`` the NearEndDetector deciding where the reply's echo is expected."""
     from voicechat.audio.barge_in import BargeInJudge
     from voicechat.audio.listener import Listener
     from voicechat.audio.turn import SileroVad
@@ -484,7 +521,7 @@ def replay(run: dict, reply_s: float, rule: tuple[float, int] | None) -> dict:
     blocks = run["blocks"]
     t0 = run["t0"]
     converged = None if run["converged_after_s"] is None else t0 + run["converged_after_s"]
-    clock = Replayed(converged)
+    clock = Replayed(run, converged, double_talk)
     speaker = ReplayedSpeaker(t0 + reply_s + 0.15, clock)  # the loopback and the devices' latency
     judge = None if rule is None else BargeInJudge(SileroVad.load(), *rule)
     events: list = []
@@ -530,12 +567,12 @@ def record_barge_in_runs(alone: int, spoken: int) -> dict:
     return runs
 
 
-def barge_in_figures(runs: dict, rule: tuple[float, int] | None) -> dict:
+def barge_in_figures(runs: dict, rule: tuple[float, int] | None, double_talk: bool = False) -> dict:
     false, queued, minutes = 0, 0, 0.0
     for run, reply_s in runs["alone"]:
         if run["converged_after_s"] is None:
             continue  # half-duplex throughout: nothing to judge
-        result = replay(run, reply_s, rule)
+        result = replay(run, reply_s, rule, double_talk)
         false += result["cut_at"] is not None
         queued += len(result["questions_from_playback"])
         minutes += (reply_s - run["converged_after_s"]) / 60
@@ -544,7 +581,7 @@ def barge_in_figures(runs: dict, rule: tuple[float, int] | None) -> dict:
     for ser in ("0", "-5"):
         delays, early = [], 0
         for run, reply_s in runs[ser]:
-            cut = replay(run, reply_s, rule)["cut_at"]
+            cut = replay(run, reply_s, rule, double_talk)["cut_at"]
             if cut is not None and cut < run["onset"] - 0.05:
                 early += 1  # the echo cut the reply before the question began
                 cut = None
@@ -575,16 +612,31 @@ def barge_in_report(alone: int, spoken: int, kept: Path | None = None) -> dict:
             kept.write_bytes(pickle.dumps(runs))
     default = (THRESHOLD, DEFAULT_STEPS)
     minutes = sum(reply_s - (run["converged_after_s"] or reply_s) for run, reply_s in runs["alone"]) / 60
-    report = {
+    return {
         "minutes_of_reply_alone_after_convergence": round(minutes, 2),
         "never_converged": sum(run["converged_after_s"] is None for group in runs.values() for run, _ in group),
         "questions_per_level": len(runs["0"]),
         "before (any speech start interrupts)": barge_in_figures(runs, None),
-        f"after (Silero confirms: {DEFAULT_STEPS} steps at {THRESHOLD}, the default)": barge_in_figures(runs, default),
-        "curve (threshold x steps)": {f"{t} x {n}": barge_in_figures(runs, (t, n))
-                                      for t in THRESHOLDS for n in STEPS if (t, n) != default},
+        f"Silero confirms ({DEFAULT_STEPS} steps at {THRESHOLD})": barge_in_figures(runs, default),
+        "after (Silero confirms, the double-talk detector decides over the echo: the default)":
+            barge_in_figures(runs, default, double_talk=True),
+        "double_talk_ms_per_10ms_frame": double_talk_cost(runs),
     }
-    return report
+
+
+def double_talk_cost(runs: dict) -> float:
+    """CPU time of the NearEndDetector per 10 ms of audio, over the replies played alone."""
+    from voicechat.audio.double_talk import NearEndDetector
+
+    spent, frames = 0.0, 0
+    for run, _ in runs["alone"]:
+        detector = NearEndDetector()
+        begun = time.thread_time()
+        for start in range(0, run["near"].size, BLOCK):
+            detector.push(run["near"][start:start + BLOCK], run["far"][start:start + BLOCK])
+        spent += time.thread_time() - begun
+        frames += run["near"].size // FRAME
+    return round(spent * 1000 / frames, 4)
 
 
 # --- main -----------------------------------------------------------------------------------------

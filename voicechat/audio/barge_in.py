@@ -16,8 +16,9 @@ is dropped: it never becomes a question.
 Chosen by scripts/bench_aec.py --barge-in on the live PulseAudio loopback (the trade-off between
 false barge-ins per minute of the assistant speaking and the questions spoken over it at 0 and
 -5 dB that interrupt, and how soon). A strict threshold removes most false barge-ins but not all:
-some bursts pass the echo through almost unchanged, and they are speech to Silero too. Telling those
-apart needs the played audio itself (the burst follows it; the user does not).
+some bursts pass the echo through almost unchanged, and they are speech to Silero too. Those are
+told apart with the played audio itself (voicechat/audio/double_talk.py): the burst follows it,
+the user does not.
 """
 
 from __future__ import annotations

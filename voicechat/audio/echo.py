@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from voicechat.audio.double_talk import NearEndDetector
 from voicechat.audio.resample import MODEL_RATE, StreamResampler
 
 if TYPE_CHECKING:
@@ -153,7 +154,8 @@ class EchoCanceller:
     """``cleaned, t_end = canceller.process(block, t_end)`` for each 16 kHz int16 microphone block
     in order (``t_end``: when its last sample arrived). The output holds whole 10 ms frames; up to
     one frame waits for the next block, and the returned ``t_end`` is that of its last sample.
-    :attr:`converged` says when the echo is reliably removed."""
+    :attr:`converged` says when the echo is reliably removed; :attr:`near_end` whether the user
+    speaks over the reply."""
 
     def __init__(self, apm: Apm, played: PlayedAudio, input_latency_s: float = 0.0) -> None:
         self.apm = apm
@@ -163,6 +165,7 @@ class EchoCanceller:
         self._next: int | None = None  # the timeline index of the next microphone sample
         self._pending = np.zeros(0, dtype=np.int16)
         self.convergence = Convergence()
+        self.near_end = NearEndDetector()
 
     @property
     def converged(self) -> bool:
@@ -189,6 +192,7 @@ class EchoCanceller:
         far = np.clip(np.round(far * 32768.0), -32768, 32767).astype(np.int16)
         cleaned = self.apm.process(near[:whole], far)
         self.convergence.update(near[:whole], far, cleaned)
+        self.near_end.push(near[:whole], far)
         return cleaned, t_end - self._pending.size / MODEL_RATE
 
     def _ready(self, count: int) -> int:

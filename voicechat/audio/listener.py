@@ -9,7 +9,11 @@ playback interrupts it: playback is flushed, ``on_interrupt`` is called so the e
 cancels the reply, and the new utterance is captured from its pre-roll as usual. With a
 :class:`~voicechat.audio.barge_in.BargeInJudge`, a speech start while the reply plays is only a
 candidate, held back until Silero confirms it on the cleaned audio: the canceller's residual echo
-then neither cuts the reply nor becomes a question.
+then neither cuts the reply nor becomes a question. Once the canceller's
+:class:`~voicechat.audio.double_talk.NearEndDetector` has learnt the echo, it decides instead
+where the reply is heard: the microphone holding more than the reply's echo cuts the reply at
+once (the canceller would take a voice over the echo out with it), and a start it explains as the
+echo is never confirmed.
 
 Without one, half-duplex (unless ``audio.barge_in: true``, for headphones): while a reply plays,
 and for ``echo_tail_ms`` after it, the microphone is ignored, because with loudspeakers it hears
@@ -144,8 +148,10 @@ class Listener:
             self.on_event(DeviceFailed(t=time.monotonic(), message=str(error)))
 
     def _block(self, samples: np.ndarray, t_end: float) -> None:
+        over_reply = False
         if self.echo is not None:
             samples, t_end = self.echo.process(samples, t_end)
+            over_reply = self.echo.near_end.take_heard()  # asked every block, so that it is never stale
             if not samples.size:
                 return
         with self._recording_lock:
@@ -167,7 +173,8 @@ class Listener:
             return
         for event in self.endpointer.push(samples):
             self._speech_event(event)
-        if self._held is not None and self.judge.speech_after(self._judged_from):
+        playing = self.speaker is not None and self.speaker.playing
+        if (over_reply and playing and self.barge_in) or (self._held is not None and self._confirmed()):
             self._barge_in()
 
     def _speech_event(self, event: AudioEvent) -> None:
@@ -184,10 +191,17 @@ class Listener:
                 self.interrupt(by="speech")
             self.on_event(event)
 
+    def _confirmed(self) -> bool:
+        """Silero hears a voice in the held start, and it is not the reply's echo let through."""
+        detector = self.echo.near_end if self.echo is not None else None
+        if detector is not None and detector.ready and detector.echo_share() > 0.5:
+            return False
+        return self.judge.speech_after(self._judged_from)
+
     def _barge_in(self) -> None:
-        """The held speech start is the user's: cut the reply (if it still plays), then pass on
-        what was held, so the utterance reaches the conversation whole."""
-        held, self._held = self._held, None
+        """The user speaks over the reply: cut it (if it still plays), then pass on any held
+        speech start, so the utterance reaches the conversation whole."""
+        held, self._held = self._held or [], None
         if self.speaker is not None and self.speaker.playing:
             self.interrupt(by="speech")
         for event in held:
