@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.support.echo_room import SpeakerDouble
 from tests.support.speech import RATE, speak
 from voicechat.audio.barge_in import BargeInJudge, load_barge_in_judge
 from voicechat.audio.events import Interrupted, Level, SpeechStarted, UtteranceDiscarded, UtteranceEnded
@@ -13,18 +14,6 @@ from voicechat.audio.turn import SileroVad
 from voicechat.config import AudioConfig
 
 BLOCK = 640  # the microphone's 40 ms blocks
-
-
-class SpeakerDouble:
-    """A test double for the player: playing a reply, or not."""
-
-    def __init__(self, playing: bool) -> None:
-        self.playing = playing
-        self.played_s = 2.0
-        self.flushed = False
-
-    def flush(self) -> None:
-        self.flushed, self.playing = True, False
 
 
 def hum(seconds: float = 0.8) -> np.ndarray:

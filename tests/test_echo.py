@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.support.pulse import room_response
+from tests.support.echo_room import db, pcm, room_echo
 from tests.support.speech import RATE, speak
 from voicechat.audio.echo import EchoCanceller, FarEndTimeline, PlayedAudio, load_echo_canceller, webrtc_aec3
 from voicechat.audio.endpointer import Endpointer
@@ -20,14 +20,6 @@ BLOCK = 640  # 40 ms microphone blocks
 REPLY = ("Green tea should steep for two to three minutes in water just below boiling, then the "
          "leaves come out so that the cup does not turn bitter.")
 QUESTION_AT = 4 * RATE
-
-
-def db(samples: np.ndarray) -> float:
-    return float(10 * np.log10(np.mean(np.square(samples, dtype=np.float64)) + 1e-20))
-
-
-def pcm(samples: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(samples * 32768), -32768, 32767).astype(np.int16)
 
 
 def through_canceller(reply: np.ndarray, microphone: np.ndarray) -> np.ndarray:
@@ -48,7 +40,7 @@ def echo_path():
     """A reply, its echo through a room (80 ms late, 0.5 direct gain, 250 ms reverberation), and a
     question from another voice, as loud as the echo, from 4 s on."""
     reply = speak(REPLY, "en-us", 150)
-    echo = np.concatenate([np.zeros(int(0.08 * RATE)), np.convolve(reply, room_response())])[:reply.size]
+    echo = room_echo(reply)
     question = speak("Wait, what about oolong tea?", "en-gb+f3", 170)
     question = question * 10 ** ((db(echo[QUESTION_AT:QUESTION_AT + question.size]) - db(question)) / 20)
     near = np.zeros(reply.size)

@@ -61,8 +61,8 @@ _BAND_STARTS = np.searchsorted(_BINS, BAND_EDGES_HZ)
 
 class NearEndDetector:
     """``detector.push(near, far)`` with int16 microphone and played audio paired sample by sample
-    (whole 10 ms frames); :meth:`take_heard` says whether the user spoke over the reply since it
-    was last asked; :meth:`echo_share` how much of the last frames the reply's echo explains."""
+    (whole 10 ms frames); :meth:`take_heard` says whether (and since when) the user spoke over the
+    reply since it was last asked; :meth:`echo_share` how much of the last frames the reply's echo explains."""
 
     def __init__(self) -> None:
         history = int(DELAY_WINDOW_S * MODEL_RATE + MAX_DELAY_S * MODEL_RATE)
@@ -74,7 +74,8 @@ class NearEndDetector:
         self._relearn()
         self._frames = 0
         self._run = 0
-        self._heard = False
+        self._run_start = 0  # the frame count at the start of the current run
+        self._heard: int | None = None  # the run's start, once it is long enough
         self._verdicts: deque[str] = deque(maxlen=100)  # "user", "echo" or "quiet" per frame
 
     @property
@@ -97,9 +98,11 @@ class NearEndDetector:
         for start in range(0, near_f.size - FRAME + 1, FRAME):
             self._frame(near_f[start:start + FRAME], far_f[start:start + FRAME])
 
-    def take_heard(self) -> bool:
-        heard, self._heard = self._heard, False
-        return heard
+    def take_heard(self) -> float | None:
+        """Whether the user spoke over the reply since last asked: None, or the seconds from the
+        start of their voice to the end of the audio pushed so far."""
+        heard, self._heard = self._heard, None
+        return None if heard is None else (self._frames - heard) * FRAME / MODEL_RATE
 
     def echo_share(self, frames: int = 20) -> float:
         """Share of the last ``frames`` frames that the reply's echo explains."""
@@ -119,7 +122,9 @@ class NearEndDetector:
         self._verdicts.append(verdict)
         if verdict == "user":
             self._run += 1
-            self._heard |= self._run >= FRAMES
+            self._run_start = self._frames - 1 if self._run == 1 else self._run_start
+            if self._run >= FRAMES and self._heard is None:
+                self._heard = self._run_start
         elif verdict == "echo":
             self._run = 0  # frames without an expected echo neither count nor break a run
 

@@ -123,6 +123,17 @@ class Endpointer:
             return []
         return [self._end(self._index - 1, "stream_end")]
 
+    def begin(self, at: float) -> SpeechStarted | None:
+        """Start an utterance now, its speech begun at ``at``: the user heard by other means than
+        this endpointer (speaking over the reply, where the canceller takes most of the voice out
+        with the echo). It keeps the pre-roll before ``at`` as far as the recent frames reach.
+        None when an utterance is in progress or no frame was heard yet."""
+        if self._utterance is not None or not self._recent:
+            return None
+        index = self._index - 1
+        start_index = min(index, max(index - len(self._recent) + 1, int((at - self.origin) / self._frame_s)))
+        return self._start(index, start_index)
+
     def skip(self, count: int) -> None:
         """Let ``count`` samples pass unheard (half-duplex, while the assistant speaks): the
         utterance in progress and the start window are dropped, the clock moves on, the noise
@@ -185,14 +196,19 @@ class Endpointer:
         insort(ordered, dbfs)
         self._floor = max(FLOOR_MIN_DBFS, _percentile(ordered, FLOOR_PERCENTILE))
 
-    def _start(self, index: int) -> SpeechStarted:
-        window = list(self._window)
-        first = window.index(True)
-        start_index = index - len(window) + 1 + first
+    def _start(self, index: int, start_index: int | None = None) -> SpeechStarted:
+        """An utterance from the start window's first speech frame (or ``start_index``) on."""
+        if start_index is None:
+            window = list(self._window)
+            first = window.index(True)
+            start_index = index - len(window) + 1 + first
+            flags = window[first:]
+        else:
+            flags = [True] * (index - start_index + 1)
         kept = min(len(self._recent), index - start_index + 1 + self._preroll)
         self._utterance = list(self._recent)[-kept:]
         self._utterance_first = index - kept + 1
-        self._speech_frames = [False] * (kept - len(window) + first) + window[first:]
+        self._speech_frames = [False] * (kept - len(flags)) + flags
         self._speech_start = start_index
         self._silent = 0
         self._paused = False

@@ -148,12 +148,12 @@ class Listener:
             self.on_event(DeviceFailed(t=time.monotonic(), message=str(error)))
 
     def _block(self, samples: np.ndarray, t_end: float) -> None:
-        over_reply = False
+        voice_for = None  # seconds the user has been speaking over the reply, as the canceller heard
         if self.echo is not None:
             samples, t_end = self.echo.process(samples, t_end)
-            over_reply = self.echo.near_end.take_heard()  # asked every block, so that it is never stale
             if not samples.size:
                 return
+            voice_for = self.echo.near_end.take_heard()  # asked every block, so that it is never stale
         with self._recording_lock:
             if self._recording is not None:
                 self._recording.append(samples)
@@ -174,7 +174,9 @@ class Listener:
         for event in self.endpointer.push(samples):
             self._speech_event(event)
         playing = self.speaker is not None and self.speaker.playing
-        if (over_reply and playing and self.barge_in) or (self._held is not None and self._confirmed()):
+        if voice_for is not None and playing and self.barge_in:
+            self._barge_in(voice_since=t_end - voice_for)
+        elif self._held is not None and self._confirmed():
             self._barge_in()
 
     def _speech_event(self, event: AudioEvent) -> None:
@@ -198,12 +200,16 @@ class Listener:
             return False
         return self.judge.speech_after(self._judged_from)
 
-    def _barge_in(self) -> None:
+    def _barge_in(self, voice_since: float | None = None) -> None:
         """The user speaks over the reply: cut it (if it still plays), then pass on any held
-        speech start, so the utterance reaches the conversation whole."""
+        speech start, so the utterance reaches the conversation whole. ``voice_since``: when the
+        double-talk detector heard the voice begin, where the endpointer may not have yet."""
         held, self._held = self._held or [], None
         if self.speaker is not None and self.speaker.playing:
             self.interrupt(by="speech")
+        if not held and voice_since is not None:
+            started = self.endpointer.begin(voice_since)
+            held = [started] if started is not None else []
         for event in held:
             self.on_event(event)
 
