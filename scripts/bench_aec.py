@@ -483,7 +483,8 @@ class Replayed:
 
     @property
     def converged(self) -> bool:
-        return self.converged_at is not None and self.now >= self.converged_at
+        aec = self.converged_at is not None and self.now >= self.converged_at
+        return aec and (self._paired is None or self.near_end.ready)
 
     def process(self, samples: np.ndarray, t_end: float) -> tuple[np.ndarray, float]:
         if self._paired is not None:
@@ -526,12 +527,16 @@ def replay(run: dict, reply_s: float, rule: tuple[float, int] | None, double_tal
     judge = None if rule is None else BargeInJudge(SileroVad.load(), *rule)
     events: list = []
     listener = Listener(AudioConfig(), events.append, speaker, echo=clock, judge=judge)  # type: ignore[arg-type]
+    armed = None  # when the listener could first be interrupted by voice
     for cleaned, t_end in blocks:
         if cleaned.size:
             clock.now = t_end
             listener._block(cleaned, t_end)
+            if armed is None and clock.converged:
+                armed = t_end
     questions = [e for e in events if isinstance(e, UtteranceEnded) and e.start < speaker.until]
-    return {"cut_at": speaker.cut_at, "questions_from_playback": questions}
+    armed_s = max(0.0, speaker.until - armed) if armed is not None else 0.0
+    return {"cut_at": speaker.cut_at, "questions_from_playback": questions, "armed_s": armed_s}
 
 
 def record_barge_in_runs(alone: int, spoken: int) -> dict:
@@ -575,9 +580,9 @@ def barge_in_figures(runs: dict, rule: tuple[float, int] | None, double_talk: bo
         result = replay(run, reply_s, rule, double_talk)
         false += result["cut_at"] is not None
         queued += len(result["questions_from_playback"])
-        minutes += (reply_s - run["converged_after_s"]) / 60
+        minutes += result["armed_s"] / 60
     figures: dict = {"false_barge_ins": false, "false_questions_queued": queued,
-                     "false_barge_ins_per_min": round(false / minutes, 2)}
+                     "minutes_armed": round(minutes, 2), "false_barge_ins_per_min": round(false / minutes, 2)}
     for ser in ("0", "-5"):
         delays, early = [], 0
         for run, reply_s in runs[ser]:

@@ -40,13 +40,14 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.piper_speech import QUESTIONS, say, smart_turn_file  # noqa: E402
 from tests.support.pulse import MIC_RATE, restore, start_private_server, use_server  # noqa: E402
+from voicechat.config import PlaybackConfig  # noqa: E402
 
 REPLY_TOKENS = 40  # generation.max_new_tokens: replies are played in real time
 SILENCE_AFTER_S = 3.0
 TURN_TIMEOUT_S = 300.0
 
 
-def bench_config(folder: Path, models: Path | None, turn_model: Path, turn: str, preset: str):
+def bench_config(folder: Path, models: Path | None, turn_model: Path, turn: str, preset: str, block_ms: int):
     from voicechat.cli import main
     from voicechat.config import load_config
     from voicechat.testing.generator import generate
@@ -57,7 +58,8 @@ def bench_config(folder: Path, models: Path | None, turn_model: Path, turn: str,
     data["sessions"] = {"save": False}
     data.setdefault("generation", {})["max_new_tokens"] = REPLY_TOKENS
     data.setdefault("models", {})["turn"] = {"source": str(turn_model)}
-    data["audio"] = {**data.get("audio", {}), "turn": turn, "preemptive": True, "vad": {"preset": preset}}
+    data["audio"] = {**data.get("audio", {}), "turn": turn, "preemptive": True, "vad": {"preset": preset},
+                     "playback": {"block_ms": block_ms}}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
@@ -140,6 +142,8 @@ def main() -> int:
     parser.add_argument("--turn", choices=("smart", "silence"), default="smart", help="audio.turn")
     parser.add_argument("--preset", choices=("relaxed", "default", "aggressive"), default="default",
                         help="audio.vad.preset (relaxed waits longer: the pause outlasts more of the pipeline)")
+    parser.add_argument("--block-ms", type=int, default=PlaybackConfig.block_ms,
+                        help="audio.playback.block_ms (the output device's latency is two blocks)")
     args = parser.parse_args()
     import torch
 
@@ -159,7 +163,7 @@ def main() -> int:
     rows: dict[bool, list] = {True: [], False: []}
     lags: dict[bool, list[float]] = {True: [], False: []}
     try:
-        config = bench_config(folder, args.models, turn_model, args.turn, args.preset)
+        config = bench_config(folder, args.models, turn_model, args.turn, args.preset, args.block_ms)
         turns = Turns()
         live = LiveConversation(config, save=False, use_audio=True)
         live.session.on_audio = turns.listening(live.session.on_audio)
@@ -176,6 +180,7 @@ def main() -> int:
                 lags[preemptive].append(1000 * turns.lags[-1])
                 print(f"question {number + 1}, preemptive {'on' if preemptive else 'off'}: "
                       f"first sound {finished.timings.first_heard_ms} ms", file=sys.stderr)
+        underflows = live.player.device_underflows
         live.close()
     finally:
         server.stop()
@@ -185,7 +190,8 @@ def main() -> int:
 
     result = {
         "models": "tiny, one torch thread; retrieval e2e",
-        "audio": {"turn": args.turn, "preset": args.preset},
+        "audio": {"turn": args.turn, "preset": args.preset, "playback_block_ms": args.block_ms},
+        "device_underflows": underflows,
         "questions": args.questions, "voice": "Piper en_US-joe-medium",
         "preemptive_on": {**report(rows[True]), "listener_lag_ms": summary(lags[True])},
         "preemptive_off": {**report(rows[False]), "listener_lag_ms": summary(lags[False])},

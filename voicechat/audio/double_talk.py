@@ -207,6 +207,6 @@ class NearEndDetector:
         best = int(np.argmax(scores))
         if scores[best] > DELAY_PEAK * np.mean(scores):
             frames = round(lags[best] / FRAME)
-            if frames != self.delay_frames:
-                self._relearn()  # at the new delay
+            if frames != self.delay_frames and not self.ready:
+                self._relearn()  # at the new delay; once learnt, the room's gains and fading stay
             self.delay_frames = frames

@@ -169,7 +169,9 @@ class EchoCanceller:
 
     @property
     def converged(self) -> bool:
-        return self.convergence.converged
+        """AEC3 removes the echo reliably, and the double-talk detector has learnt it: from then on
+        the user can interrupt by voice (until then, bursts of echo could pass for the user)."""
+        return self.convergence.converged and self.near_end.ready
 
     def process(self, samples: np.ndarray, t_end: float) -> tuple[np.ndarray, float]:
         for t_sent, audio, rate, delay in self.played.take():
