@@ -9,10 +9,11 @@ The echo is what was played, delayed and coloured by the room. :class:`NearEndDe
 delay (GCC-PHAT between the microphone and the played audio, while the reply plays alone), learns
 per band how loud the echo is (the echo path's gain over 24 bands of 150-4000 Hz), and predicts from
 the played audio the echo's power in each band of each 10 ms frame, taking the loudest of the frames
-around the delay and letting it fade as the room's reverberation does (the fastest fading of
-``TAILS`` that explains the reply alone, chosen once the gains are learnt). A frame in which the microphone
-is ``MARGIN_DB`` above that prediction in at least ``SHARE`` of its audible bands holds something
-the reply does not explain: the user. ``FRAMES`` such frames in a row, while the echo is expected,
+around the delay and letting it fade as the room's reverberation does (the fading of ``TAILS``
+that predicts the reply alone most tightly, chosen once the gains are learnt, with the margin the
+reply alone never exceeded, plus a guard). A frame in which the microphone is that margin above the
+prediction in at least ``SHARE`` of its audible bands holds something the reply does not explain:
+the user. ``FRAMES`` such frames in a row, while the echo is expected,
 mean the user speaks over the reply. Frames in which the reply is not expected to be heard (its
 pauses) say nothing: there the cleaned audio is the microphone, and the endpointer hears the user.
 
@@ -31,8 +32,9 @@ from voicechat.audio.resample import MODEL_RATE
 FRAME = MODEL_RATE // 100  # 10 ms
 FFT = 512
 BAND_EDGES_HZ = np.geomspace(150, 4000, 25)
-MARGIN_DB = 10.0  # the microphone above the predicted echo in a band: not the echo
-SHARE = 0.3  # of the audible bands in a frame
+SHARE = 0.3  # of the audible bands in a frame above the predicted echo by the margin: not the echo
+MIN_MARGIN_DB = 6.0  # the margin, at least
+GUARD_DB = 3.0  # above the most the reply alone exceeded its prediction by
 FRAMES = 2  # consecutive frames: the user speaks
 AUDIBLE = 1e-8  # a band's power (full scale 1) counted as sound: -80 dB
 ECHO_EXPECTED = 1e-6  # the predicted echo's power over all bands that makes a frame count: -60 dB
@@ -44,8 +46,7 @@ JITTER = 1  # frames either side of the delay taken into the prediction
 TAILS = np.array([0.0, 0.3, 0.5, 0.6, 0.7, 0.8])  # the predicted echo's fading per frame: dry to RT60 ~0.6 s
 GAIN_RATE = 0.05  # the band gains' smoothing per frame once learnt
 LEARN_FRAMES = 50  # frames of expected echo over which the gains are first learnt ...
-TRIAL_FRAMES = 100  # ... then the frames over which the fading is chosen
-TRIAL_MISSES = 0.0  # the share of them a candidate may leave unexplained
+TRIAL_FRAMES = 100  # ... then the frames over which the fading and the margin are chosen
 
 
 def band_powers(frame: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -89,8 +90,9 @@ class NearEndDetector:
         self._echo_power = np.zeros(bands)
         self._far_power = np.zeros((TAILS.size, bands))
         self._learnt = self._tried = 0
-        self._misses = np.zeros(TAILS.size)
+        self._worst_db = np.full(TAILS.size, -np.inf)
         self._tail_index: int | None = None
+        self.margin_db = MIN_MARGIN_DB
 
     def push(self, near: np.ndarray, far: np.ndarray) -> None:
         near_f = near.astype(np.float32) / 32768.0
@@ -154,12 +156,12 @@ class NearEndDetector:
         if audible.sum() < 4:
             return "echo"
         gains = self._echo_power / (self._far_power + 1e-20)
-        above = near_powers > 10 ** (MARGIN_DB / 10) * gains * played + AUDIBLE
-        unexplained = above.sum(axis=1) >= SHARE * audible.sum()
+        excess_db = 10 * np.log10((near_powers[audible] + AUDIBLE) / (gains[:, audible] * played[:, audible] + AUDIBLE))
+        unexplained_db = np.percentile(excess_db, 100 * (1 - SHARE), axis=1)  # per candidate fading
         if self.tail is None:
-            self._try_tails(unexplained)
+            self._try_tails(unexplained_db)
             return "quiet"
-        if unexplained[self._tail_index]:
+        if unexplained_db[self._tail_index] > self.margin_db:
             return "user"
         self._learn(near_powers, played)
         return "echo"
@@ -175,14 +177,17 @@ class NearEndDetector:
             self._echo_power += GAIN_RATE * (near_powers - self._echo_power)
             self._far_power += GAIN_RATE * (played - self._far_power)
 
-    def _try_tails(self, unexplained: np.ndarray) -> None:
-        """Over TRIAL_FRAMES of the reply alone, the fastest fading that still explains it (a dry
-        room fades at once; the slower a candidate fades, the more of the user it hides)."""
+    def _try_tails(self, unexplained_db: np.ndarray) -> None:
+        """Over TRIAL_FRAMES of the reply alone, the fading whose prediction explains it most
+        tightly: the margin a frame must exceed is the most the reply alone did, plus GUARD_DB
+        (a dry room fades at once and its echo is predicted closely; a reverberant one needs a
+        slower fading, and its echo is predicted more loosely)."""
         self._tried += 1
-        self._misses += unexplained
+        self._worst_db = np.maximum(self._worst_db, unexplained_db)
         if self._tried >= TRIAL_FRAMES:
-            fitting = np.flatnonzero(self._misses <= TRIAL_MISSES * self._tried)
-            self._tail_index = int(fitting[0]) if fitting.size else TAILS.size - 1
+            margins = np.maximum(self._worst_db + GUARD_DB, MIN_MARGIN_DB)
+            self._tail_index = int(np.argmin(margins))
+            self.margin_db = float(margins[self._tail_index])
 
     @property
     def tail(self) -> float | None:

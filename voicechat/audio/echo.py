@@ -8,7 +8,8 @@ stamps and pairs each microphone sample with the far-end sample sent at the mome
 sample arrived. A sound cannot be heard before it is sent, nor arrive before it is captured, so
 the reference leads its echo as long as stamps are never taken for later than they are: a stream's
 samples follow on from its previous block, and move earlier when a block's stamp says so, but
-later only after a gap of ``GAP_S`` (a stamp late by a stalled callback is no gap; the player
+later only after a gap: for the speaker, a block sent later than the audio the device held ahead
+(it ran dry meanwhile; a stamp late by less is no gap), for the microphone ``GAP_S`` (the player
 reports the silence between replies too). The newest microphone samples wait, up to ``WAIT_S``,
 for the speaker's next block rather than be paired with silence that was never played. Then the
 reference always leads; by how much (the output and input latencies the devices
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 FRAME = MODEL_RATE // 100  # AEC3 works on 10 ms frames
 TIMELINE_S = 4.0  # played audio kept for pairing; far more than any device latency
-GAP_S = 0.5  # a block stamped this much later than where the previous one ended starts anew
+GAP_S = 0.5  # a block stamped this much later than where the previous one ended starts anew ...
+MIN_BUFFERED_S = 0.02  # ... or, on the speaker's side, later than the device's buffer (at least this) ...
+SLACK_S = 0.01  # ... plus this
 WAIT_S = 0.2  # microphone audio waits at most this long for the played audio it is paired with
 
 
@@ -80,14 +83,16 @@ class FarEndTimeline:
         self._end: int | None = None  # the index after the last sample written
         self._resamplers: dict[int, StreamResampler] = {}
 
-    def write(self, t_sent: float, samples: np.ndarray, rate: int) -> bool:
-        """Lay a block on the timeline; True when it starts anew at its stamp."""
+    def write(self, t_sent: float, samples: np.ndarray, rate: int, buffered_s: float = GAP_S) -> bool:
+        """Lay a block on the timeline; True when it starts anew at its stamp. ``buffered_s``: how
+        much audio the device holds ahead of what it plays: a block sent later than that after
+        the previous one ended was preceded by silence (the device ran dry), not played on from it."""
         if rate not in self._resamplers:
             self._resamplers[rate] = StreamResampler(rate, MODEL_RATE)
         resampler = self._resamplers[rate]
         audio = resampler.process(samples)
         stamped = round(t_sent * MODEL_RATE)
-        anew = self._end is None or stamped - self._end > GAP_S * MODEL_RATE
+        anew = self._end is None or stamped - self._end > buffered_s * MODEL_RATE
         if anew and self._end is not None and stamped - self._end < self._ring.size:
             self._put(self._end, np.zeros(stamped - self._end, np.float32))  # a pause between replies
         if anew or stamped < self._end:
@@ -175,7 +180,7 @@ class EchoCanceller:
 
     def process(self, samples: np.ndarray, t_end: float) -> tuple[np.ndarray, float]:
         for t_sent, audio, rate, delay in self.played.take():
-            if self.timeline.write(t_sent, audio, rate):
+            if self.timeline.write(t_sent, audio, rate, buffered_s=max(delay, MIN_BUFFERED_S) + SLACK_S):
                 self._set_delay(delay)
         stamped = round(t_end * MODEL_RATE) - samples.size
         following = None if self._next is None else self._next + self._pending.size
