@@ -38,6 +38,7 @@ GUARD_DB = 3.0  # above the most the reply alone exceeded its prediction by
 FRAMES = 2  # consecutive frames: the user speaks
 AUDIBLE = 1e-8  # a band's power (full scale 1) counted as sound: -80 dB
 ECHO_EXPECTED = 1e-6  # the predicted echo's power over all bands that makes a frame count: -60 dB
+SILENCE = 1e-10  # played audio below this (all bands, -100 dB) is silence
 MAX_DELAY_S = 0.5  # the longest echo delay looked for
 DELAY_WINDOW_S = 2.0  # of audio over which the delay is found
 DELAY_EVERY = 50  # frames between delay estimates
@@ -147,7 +148,7 @@ class NearEndDetector:
 
     def _judge(self, near_powers: np.ndarray) -> str:
         played = self._predicted_echo()
-        if played is None or played[0].sum() < ECHO_EXPECTED:
+        if played is None or played[0].sum() < ECHO_EXPECTED or self._silence_played():
             return "quiet"
         if self._learnt < LEARN_FRAMES:
             self._learn(near_powers, played)
@@ -165,6 +166,12 @@ class NearEndDetector:
             return "user"
         self._learn(near_powers, played)
         return "echo"
+
+    def _silence_played(self) -> bool:
+        """Silence was played at the echo's delay: between replies, or where the device ran dry
+        and the player's report of it is a few milliseconds off; either way the echo around it is
+        not predicted well enough to tell a voice from it."""
+        return float(self._far_powers[-1 - self.delay_frames].sum()) < SILENCE
 
     def _learn(self, near_powers: np.ndarray, played: np.ndarray) -> None:
         """The echo path's gain per band: the sums over the first LEARN_FRAMES frames in which the
