@@ -117,7 +117,7 @@ def test_textual_draws_on_the_terminal_while_stderr_goes_to_the_log(tmp_path: Pa
 
 
 INTERRUPTED = """
-import os, signal, sys
+import os, signal, sys, time
 from pathlib import Path
 from voicechat.tui.stderr_redirect import StderrRedirect
 
@@ -125,6 +125,7 @@ try:
     with StderrRedirect(Path(sys.argv[1])):
         if sys.argv[2] == "ctrl-c":
             os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)  # Python runs the handler at its next check: here, not after the raise
         raise RuntimeError("a bug")
 except (KeyboardInterrupt, RuntimeError) as error:
     print(f"voicechat: {type(error).__name__}", file=sys.stderr)

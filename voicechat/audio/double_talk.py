@@ -126,7 +126,7 @@ class NearEndDetector:
         if verdict == "user":
             self._run += 1
             self._run_start = self._frames - 1 if self._run == 1 else self._run_start
-            if self._run >= FRAMES and self._heard is None:
+            if self._run == FRAMES:  # once per run: the reply is cut once, however long the user speaks
                 self._heard = self._run_start
         elif verdict == "echo":
             self._run = 0  # frames without an expected echo neither count nor break a run
