@@ -124,6 +124,7 @@ from voicechat.tui.stderr_redirect import StderrRedirect
 try:
     with StderrRedirect(Path(sys.argv[1])):
         if sys.argv[2] == "ctrl-c":
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits it ignored
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(30)  # Python runs the handler at its next check: here, not after the raise
         raise RuntimeError("a bug")

@@ -84,6 +84,7 @@ class Listener:
         self._recording_lock = threading.Lock()
         self._held: list[AudioEvent] | None = None  # a speech start during playback, not yet confirmed
         self._judged_from = 0.0  # Silero's steps ending after this count for the held start
+        self._cut = False  # the reply playing now was cut by speech
 
     def start(self, device: str | int | None = None) -> None:
         """Open the microphone (``device``, else audio.input_device) and start listening. Raises
@@ -174,6 +175,7 @@ class Listener:
         for event in self.endpointer.push(samples):
             self._speech_event(event)
         playing = self.speaker is not None and self.speaker.playing
+        self._cut &= playing  # a new reply can be cut again
         if voice_for is not None and playing and self.barge_in:
             self._barge_in(voice_since=t_end - voice_for)
         elif self._held is not None and self._confirmed():
@@ -190,7 +192,7 @@ class Listener:
                 self._held = None  # it ended unconfirmed: the echo, dropped without a trace
         else:
             if isinstance(event, SpeechStarted) and playing:
-                self.interrupt(by="speech")
+                self._cut_reply()
             self.on_event(event)
 
     def _confirmed(self) -> bool:
@@ -205,13 +207,18 @@ class Listener:
         speech start, so the utterance reaches the conversation whole. ``voice_since``: when the
         double-talk detector heard the voice begin, where the endpointer may not have yet."""
         held, self._held = self._held or [], None
-        if self.speaker is not None and self.speaker.playing:
-            self.interrupt(by="speech")
+        self._cut_reply()
         if not held and voice_since is not None:
             started = self.endpointer.begin(voice_since)
             held = [started] if started is not None else []
         for event in held:
             self.on_event(event)
+
+    def _cut_reply(self) -> None:
+        """Interrupt the reply by speech, once: while it fades out it still counts as playing."""
+        if self.speaker is not None and self.speaker.playing and not self._cut:
+            self._cut = True
+            self.interrupt(by="speech")
 
     def _half_duplex_deaf(self, now: float) -> bool:
         if self.speaker is None or self.config.barge_in is True:
