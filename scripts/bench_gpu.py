@@ -48,6 +48,22 @@ PASSAGES = 4
 PROMPT_TOKENS = 1000
 
 
+
+def push_one_at_a_time(session, units: list[int], clock) -> tuple[list[float], int]:
+    """A decoder session fed one unit at a time (finished after the last): the milliseconds of
+    each push that released audio, and the samples released in all."""
+    chunks, samples = [], 0
+    for n, unit in enumerate(units):
+        start = clock.now()
+        out = session.push([unit])
+        if n == len(units) - 1:
+            out = [*out, *session.finish()]
+        spent = clock.now() - start
+        if len(out):
+            chunks.append(1000 * spent)
+            samples += len(out)
+    return chunks, samples
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["tiny", "full"], default="full")
@@ -642,17 +658,8 @@ class Bench:
         """Push a reply's speech tokens one at a time; each push that releases audio is a chunk."""
         d = self.models.decoder
         tokens = [(37 * n) % d.files.flow.vocab_size for n in range(self.args.reply_tokens)]
-        chunks, samples = [], 0
         with d.session() as session:
-            for n, token in enumerate(tokens):
-                start = self.clock.now()
-                out = session.push([token])
-                if n == len(tokens) - 1:
-                    out = [*out, *session.finish()]
-                spent = self.clock.now() - start
-                if len(out):
-                    chunks.append(1000 * spent)
-                    samples += len(out)
+            chunks, samples = push_one_at_a_time(session, tokens, self.clock)
         audio_s = samples / d.sample_rate
         return {"reply_tokens": len(tokens), "chunks": len(chunks), "audio_s": round(audio_s, 2),
                 "rtf": round(sum(chunks) / 1000 / audio_s, 4), "first_chunk_ms": round(chunks[0], 3),

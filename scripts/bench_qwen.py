@@ -318,17 +318,7 @@ class QwenBench:
         """A reply's codes (10 s by default) pushed one at a time; each push that releases audio is a chunk."""
         d = self.parts.decoder
         codes = [(37 * n) % 8192 for n in range(self.args.reply_codes)]
-        chunks, samples = [], 0
-        session = d.session()
-        for n, code in enumerate(codes):
-            start = self.clock.now()
-            out = session.push([code])
-            if n == len(codes) - 1:
-                out = [*out, *session.finish()]
-            spent = self.clock.now() - start
-            if len(out):
-                chunks.append(1000 * spent)
-                samples += len(out)
+        chunks, samples = BENCH_GPU.push_one_at_a_time(d.session(), codes, self.clock)
         audio_s = samples / d.sample_rate
         s = d.settings
         return {"reply_codes": len(codes), "chunks": len(chunks), "audio_s": round(audio_s, 2),
